@@ -16,7 +16,7 @@ from . import _core
 from ._backend import resolve_backend
 from ._validate import as_array, check_finite, check_ndim, index_array
 
-__all__ = ["Comparison", "compare", "label_anomaly"]
+__all__ = ["Comparison", "TriggerScores", "compare", "label_anomaly", "trigger_scores"]
 
 
 @dataclass(frozen=True)
@@ -98,3 +98,58 @@ def label_anomaly(counts: Any, totals: Any) -> np.ndarray:
     return _core.scoring.label_anomaly(
         np.ascontiguousarray(cnt, dtype=np.float64), np.ascontiguousarray(tot, dtype=np.float64)
     )
+
+
+@dataclass(frozen=True)
+class TriggerScores:
+    """Result of :func:`trigger_scores`, one entry per region. Regions of images without a
+    candidate have NaN probabilities, top-1 labels -1 and score 0."""
+
+    p_image: np.ndarray  # float32 [R]: the parent image's probability of its candidate label
+    p_occluded: np.ndarray  # float32 [R]: the same with the region occluded
+    p_isolated: np.ndarray  # float32 [R]: the region alone (isolate view)
+    occluded_top1: np.ndarray  # int32 [R]
+    isolated_top1: np.ndarray  # int32 [R]
+    score: np.ndarray  # float32 [R]: drop * (0.5 + 0.5 * p_isolated), drop = 1 - p_occluded / p_image
+
+
+def trigger_scores(
+    occluded_emb: Any,
+    isolated_emb: Any,
+    image_emb: Any,
+    image_index: Any,
+    candidate: Any,
+    text_emb: Any,
+    scale: float = 100.0,
+) -> TriggerScores:
+    """Score every region as the possible trigger of its image's candidate label (Algorithm 1,
+    step 5): how much of the image's probability for the candidate disappears when the region is
+    occluded (the counterfactual), weighted up when the region alone also shows the label.
+
+    Args:
+        occluded_emb, isolated_emb: ``[R,D]`` embeddings of each region's occlude and isolate views.
+        image_emb: ``[N,D]``; image_index: ``[R]`` parent image of each region.
+        candidate: ``[N]`` candidate label per image, -1 where the image has none.
+        text_emb: ``[C,D]`` label embeddings; scale: the model's logit scale.
+    """
+    text = _embeddings(text_emb, "text_emb", None)
+    c, d = text.shape
+    if c == 0 or d == 0:
+        raise ValueError(f"text_emb must be non-empty [C,D], got shape {text.shape}")
+    occ = _embeddings(occluded_emb, "occluded_emb", d)
+    iso = _embeddings(isolated_emb, "isolated_emb", d)
+    if iso.shape != occ.shape:
+        raise ValueError(f"isolated_emb {iso.shape} and occluded_emb {occ.shape} must have the same shape")
+    images = _embeddings(image_emb, "image_emb", d)
+    index = index_array(image_index, "image_index", occ.shape[0], images.shape[0])
+    cand = as_array(candidate, "candidate")
+    check_ndim(cand, "candidate", 1, "[N]")
+    if cand.shape[0] != images.shape[0] or (cand.size and cand.dtype.kind not in "iu"):
+        raise ValueError(f"candidate must be integer [N={images.shape[0]}], got {cand.dtype} {cand.shape}")
+    if cand.size and (cand.min() < -1 or cand.max() >= c):
+        raise ValueError(f"candidate must hold label indices in [0, {c}) or -1")
+    if not np.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return TriggerScores(*_core.scoring.trigger_scores(
+        occ, iso, images, index, np.ascontiguousarray(cand, dtype=np.int64), text, float(scale)
+    ))

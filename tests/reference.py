@@ -92,3 +92,19 @@ def label_anomaly(counts, totals):
     if spread > 0:
         out[seen] = (rates - med) / spread
     return out
+
+
+def trigger_scores(occ, iso, image, image_index, candidate, text, scale):
+    """Per region: p_image, p_occluded, p_isolated, occluded_top1, isolated_top1, score."""
+    rows = np.arange(len(occ))
+    label = np.asarray(candidate)[image_index]
+    has = label >= 0
+    lab = np.maximum(label, 0)
+    po_all, pi_all = probabilities(occ, text, scale), probabilities(iso, text, scale)
+    p_img = probabilities(image, text, scale)[image_index, lab]
+    p_occ, p_iso = po_all[rows, lab], pi_all[rows, lab]
+    drop = np.maximum(0, p_img - p_occ) / np.maximum(p_img, 1e-6)
+    score = drop * (0.5 + 0.5 * p_iso)
+    nan = np.where(has, 1.0, np.nan)
+    return (p_img * nan, p_occ * nan, p_iso * nan, np.where(has, po_all.argmax(1), -1),
+            np.where(has, pi_all.argmax(1), -1), np.where(has, score, 0.0))

@@ -162,3 +162,53 @@ def test_label_anomaly_degenerate_cases():
 def test_label_anomaly_bad_inputs(counts, totals, error):
     with pytest.raises(error):
         label_anomaly(counts, totals)
+
+
+@settings(max_examples=30, deadline=None)
+@given(r=st.integers(0, 60), n=st.integers(1, 10), c=st.integers(1, 40), d=st.integers(2, 40),
+       seed=st.integers(0, 2**31))
+def test_trigger_scores_match_reference(r, n, c, d, seed):
+    from clipguard.scoring import trigger_scores
+
+    rng = np.random.default_rng(seed)
+    occ, iso = embeddings(rng, r, d), embeddings(rng, r, d)
+    image, text = embeddings(rng, n, d), embeddings(rng, c, d)
+    index, candidate = rng.integers(0, n, r), rng.integers(-1, c, n)
+    got = trigger_scores(occ, iso, image, index, candidate, text, 30.0)
+    want = ref.trigger_scores(occ, iso, image, index, candidate, text, 30.0)
+    for name, w in zip(["p_image", "p_occluded", "p_isolated"], want[:3]):
+        np.testing.assert_allclose(getattr(got, name), w, atol=2e-5, equal_nan=True)
+    np.testing.assert_allclose(got.score, want[5], atol=5e-5)
+    has = candidate[index] >= 0
+    assert (got.occluded_top1[~has] == -1).all() and (got.isolated_top1[~has] == -1).all()
+    probs = ref.probabilities(occ[has], text, 30.0)  # top-1 equal up to float ties
+    chosen = probs[np.arange(has.sum()), got.occluded_top1[has]]
+    np.testing.assert_allclose(chosen, probs.max(1), atol=1e-5)
+
+
+def test_trigger_score_is_the_counterfactual_drop():
+    from clipguard.scoring import trigger_scores
+
+    text = np.eye(3, dtype=np.float32)
+    image = np.array([[1, 0, 0]], np.float32)  # the image says label 0
+    occ = np.array([[0, 1, 0], [1, 0, 0]], np.float32)  # occluding region 0 removes label 0
+    iso = np.array([[1, 0, 0], [0, 0, 1]], np.float32)  # region 0 alone shows label 0
+    got = trigger_scores(occ, iso, image, [0, 0], [0], text, 50.0)
+    assert got.score[0] > 0.95 and got.score[1] < 0.01
+    assert list(got.occluded_top1) == [1, 0] and list(got.isolated_top1) == [0, 2]
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(candidate=[3]), "candidate"), (dict(candidate=[-2]), "candidate"),
+    (dict(candidate=[0, 0]), "candidate"), (dict(image_index=[1, 0]), "image_index"),
+    (dict(isolated_emb=np.ones((1, 3), np.float32)), "same shape"),
+])
+def test_trigger_scores_bad_inputs(change, words):
+    from clipguard.scoring import trigger_scores
+
+    args = dict(occluded_emb=np.ones((2, 3), np.float32), isolated_emb=np.ones((2, 3), np.float32),
+                image_emb=np.ones((1, 3), np.float32), image_index=[0, 0], candidate=[0],
+                text_emb=np.eye(3, dtype=np.float32))
+    with pytest.raises(ValueError) as info:
+        trigger_scores(**{**args, **change})
+    assert words in str(info.value)

@@ -81,4 +81,45 @@ py::tuple compare_outputs(const CompareArgs& a, CompareOutputs& out) {
   return py::make_tuple(region_labels, region_probs, image_labels, image_probs, cos);
 }
 
+TriggerArgs parse_trigger_args(const py::array& occ_arr, const py::array& iso_arr,
+                               const py::array& image_arr, const py::array& index_arr,
+                               const py::array& cand_arr, const py::array& text_arr, float scale,
+                               std::vector<py::object>& keep) {
+  auto text = checked<float>(text_arr, "text_emb", {-1, -1});
+  const py::ssize_t d = text.shape(1);
+  auto occ = checked<float>(occ_arr, "occluded_emb", {-1, d});
+  auto iso = checked<float>(iso_arr, "isolated_emb", {occ.shape(0), d});
+  auto image = checked<float>(image_arr, "image_emb", {-1, d});
+  auto index = checked<int64_t>(index_arr, "image_index", {occ.shape(0)});
+  auto cand = checked<int64_t>(cand_arr, "candidate", {image.shape(0)});
+  keep = {text, occ, iso, image, index, cand};
+  TriggerArgs a;
+  a.occluded_emb = occ.data();
+  a.isolated_emb = iso.data();
+  a.image_emb = image.data();
+  a.image_index = index.data();
+  a.candidate = cand.data();
+  a.text_emb = text.data();
+  a.n_regions = occ.shape(0);
+  a.n_images = image.shape(0);
+  a.n_labels = text.shape(0);
+  a.dim = d;
+  a.scale = scale;
+  validate_trigger_args(a);
+  return a;
+}
+
+py::tuple trigger_outputs(const TriggerArgs& a, TriggerOutputs& out) {
+  const py::ssize_t r = a.n_regions;
+  py::array_t<float> p_image({r}), p_occ({r}), p_iso({r}), score({r});
+  py::array_t<int32_t> occ_top1({r}), iso_top1({r});
+  out.p_image = p_image.mutable_data();
+  out.p_occluded = p_occ.mutable_data();
+  out.p_isolated = p_iso.mutable_data();
+  out.occluded_top1 = occ_top1.mutable_data();
+  out.isolated_top1 = iso_top1.mutable_data();
+  out.score = score.mutable_data();
+  return py::make_tuple(p_image, p_occ, p_iso, occ_top1, iso_top1, score);
+}
+
 }  // namespace clipguard::bindings

@@ -113,6 +113,56 @@ void compare_cpu(const CompareArgs& a, const CompareOutputs& out) {
   });
 }
 
+void validate_trigger_args(const TriggerArgs& a) {
+  CLIPGUARD_CHECK_ARG(a.dim > 0 && a.n_labels > 0, "text_emb must be a non-empty [C,D] array");
+  CLIPGUARD_CHECK_ARG(std::isfinite(a.scale), "scale must be finite");
+  for (int64_t r = 0; r < a.n_regions; ++r)
+    CLIPGUARD_CHECK_ARG(a.image_index[r] >= 0 && a.image_index[r] < a.n_images, "image_index[", r,
+                        "] = ", a.image_index[r], " is out of range for ", a.n_images, " images");
+  for (int64_t i = 0; i < a.n_images; ++i)
+    CLIPGUARD_CHECK_ARG(a.candidate[i] >= -1 && a.candidate[i] < a.n_labels, "candidate[", i,
+                        "] = ", a.candidate[i], " is not a label index in [0, ", a.n_labels,
+                        ") or -1");
+}
+
+void trigger_scores_cpu(const TriggerArgs& a, const TriggerOutputs& out) {
+  validate_trigger_args(a);
+  const int64_t d = a.dim, c = a.n_labels;
+  std::vector<float> text(static_cast<size_t>(c * d));
+  for (int64_t j = 0; j < c; ++j) l2_normalize_row(a.text_emb + j * d, d, text.data() + j * d);
+  // The images' own probabilities, computed once per image with a candidate.
+  std::vector<float> p_image(static_cast<size_t>(a.n_images), NAN);
+  parallel_for(a.n_images, 64, [&](int64_t b, int64_t e) {
+    std::vector<float> x(static_cast<size_t>(d)), logits(static_cast<size_t>(c));
+    int32_t top1;
+    for (int64_t i = b; i < e; ++i) {
+      if (a.candidate[i] < 0) continue;
+      l2_normalize_row(a.image_emb + i * d, d, x.data());
+      p_image[i] = label_prob_row(x.data(), text.data(), c, d, a.scale, a.candidate[i], logits.data(), &top1);
+    }
+  });
+  parallel_for(a.n_regions, 64, [&](int64_t b, int64_t e) {
+    std::vector<float> x(static_cast<size_t>(d)), logits(static_cast<size_t>(c));
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t i = a.image_index[r], label = a.candidate[i];
+      if (label < 0) {
+        out.p_image[r] = out.p_occluded[r] = out.p_isolated[r] = NAN;
+        out.occluded_top1[r] = out.isolated_top1[r] = -1;
+        out.score[r] = 0.f;
+        continue;
+      }
+      l2_normalize_row(a.occluded_emb + r * d, d, x.data());
+      out.p_occluded[r] = label_prob_row(x.data(), text.data(), c, d, a.scale, label, logits.data(),
+                                         out.occluded_top1 + r);
+      l2_normalize_row(a.isolated_emb + r * d, d, x.data());
+      out.p_isolated[r] = label_prob_row(x.data(), text.data(), c, d, a.scale, label, logits.data(),
+                                         out.isolated_top1 + r);
+      out.p_image[r] = p_image[i];
+      out.score[r] = trigger_score(p_image[i], out.p_occluded[r], out.p_isolated[r]);
+    }
+  });
+}
+
 void label_anomaly_cpu(const double* counts, const double* totals, int64_t c, double* index) {
   std::vector<double> rates;
   rates.reserve(static_cast<size_t>(c));
