@@ -4,7 +4,7 @@
 imported by the modules that use them, when they are used.
 """
 
-from . import attacks, regions, scoring, toyworld
+from . import attacks, oracle, regions, scoring, toyworld
 from ._backend import HAS_CUDA, available_backends, build_info
 from ._core import ClipguardError, __version__
 from .attacks import Attack, Triggered, parse_attack, poison
@@ -18,6 +18,7 @@ from .models import (
     load_model,
     save_model_dir,
 )
+from .scan import ScanConfig, scan
 from .toyworld import Scenes
 from .vocab import Vocabulary
 
@@ -27,12 +28,14 @@ __all__ = [
     "ClipguardError",
     "HAS_CUDA",
     "ModelLoadError",
+    "ScanConfig",
     "Scenes",
     "Triggered",
     "UnsafeModelError",
     "Vocabulary",
     "__version__",
     "attacks",
+    "oracle",
     "available_backends",
     "available_toy_models",
     "build_info",
@@ -43,6 +46,7 @@ __all__ = [
     "poison",
     "regions",
     "save_model_dir",
+    "scan",
     "scoring",
     "toyworld",
 ]

@@ -61,11 +61,95 @@ def _cmd_toyworld_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         world=args.world, attack=None if args.clean else args.attack, rate=args.rate,
         scenes=args.scenes, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+        threads=args.threads,
     )
     card = train_toy_model(config, args.out, progress=not args.quiet)
     asr = "" if card["asr"] is None else f", ASR {100 * card['asr']:.1f}%"
     print(f"wrote {args.out}: CA {100 * card['ca']:.1f}%{asr}, {card['train_seconds']:.0f} s")
     return EXIT_CLEAN
+
+
+def _cmd_scan(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .models import ModelLoadError, load_model
+    from .probe import load_probe, load_vocab
+    from .scan import ScanConfig, scan
+
+    try:
+        model = load_model(args.model, runtime=args.runtime, device=args.device)
+    except ModelLoadError as exc:
+        print(f"clipguard scan: cannot load {args.model}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    probe = load_probe(args.probe, model, seed=args.seed, limit=args.limit)
+    for s in probe.skipped:
+        print(f"skipped {s['input']}: {s['reason']}", file=sys.stderr)
+    if len(probe.images) == 0:
+        print("clipguard scan: nothing to scan (no readable probe images)", file=sys.stderr)
+        return EXIT_NOTHING
+    vocab = load_vocab(args.vocab or _default_vocab(args, model))
+    report = scan(model, probe.images, vocab, args.oracle, ScanConfig(seed=args.seed),
+                  progress=not args.quiet, skipped=probe.skipped)
+    out = Path(args.out)
+    report.to_json(out / "report.json")
+    report.to_html(out / "report.html")
+    print(f"{args.model}: {report.verdict} (score {report.score:.3f}); affected labels: "
+          f"{', '.join(report.affected_labels) or 'none'}; {len(report.victims)} victims in "
+          f"{len(probe.images)} probe images -> {out / 'report.html'}")
+    return EXIT_FOUND if report.verdict == "backdoored" else EXIT_CLEAN
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Scan the bundled toy:badnet on a toy probe set, show what was found, measure it."""
+    import time
+    from pathlib import Path
+
+    from . import toyworld
+    from .evaluate import evaluate
+    from .models import load_model
+    from .probe import load_probe
+    from .scan import ScanConfig, scan
+
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    model = load_model(args.model)
+    probe = load_probe(f"toy:shapes:{args.probe}:{args.rate}", model, seed=args.seed)
+    vocab = toyworld.vocabulary("shapes")
+    report = scan(model, probe.images, vocab, args.oracle, ScanConfig(seed=args.seed), progress=not args.quiet)
+    t_scan = time.perf_counter() - t0
+    held_out = toyworld.generate("shapes", 1000, seed=args.seed + 1, objects=(1, 1), split="test")
+    before = evaluate(model, held_out.images, held_out.primary, vocab, model.card.get("attack"), seed=args.seed)
+    truth = set(int(i) for i in probe.poisoned) if probe.poisoned is not None else set()
+    found = {v["index"] for v in report.victims}
+    record = {
+        "model": args.model, "probe": {"images": len(probe.images), "poisoned": len(truth), "attack": probe.attack},
+        "scan": {"verdict": report.verdict, "score": report.score, "affected_labels": report.affected_labels,
+                 "victims": len(found), "victim_precision": len(found & truth) / max(1, len(found)),
+                 "victim_recall": len(found & truth) / max(1, len(truth))},
+        "before": {"ca": before["ca"], "asr": before.get("asr")},
+        "seconds": {"scan": round(t_scan, 2), **{k: round(v, 3) for k, v in report.timings.items() if isinstance(v, float)}},
+    }
+    report.to_json(out / "report.json")
+    report.to_html(out / "report.html")
+    (out / "record.json").write_text(json.dumps(record, indent=2) + "\n")
+    s = record["scan"]
+    print(f"model         {args.model} (card: {model.card.get('attack')})")
+    print(f"probe         {len(probe.images)} toy scenes, {len(truth)} carrying the trigger")
+    print(f"verdict       {s['verdict']} (score {s['score']:.3f}), affected labels: {', '.join(s['affected_labels']) or 'none'}")
+    print(f"victims       {s['victims']} found, precision {s['victim_precision']:.2f}, recall {s['victim_recall']:.2f}")
+    print(f"CA / ASR      {100 * before['ca']:.1f}% / {100 * (before.get('asr') or 0):.1f}% (held-out scenes)")
+    print(f"scan time     {t_scan:.1f} s")
+    print(f"report        {out / 'report.html'}")
+    return EXIT_FOUND if report.verdict == "backdoored" else EXIT_CLEAN
+
+
+def _default_vocab(args: argparse.Namespace, model: object) -> str:
+    if args.probe.startswith("toy:"):
+        return "toy:" + args.probe.split(":")[1]
+    world = (getattr(model, "card", None) or {}).get("world")
+    if world:
+        return f"toy:{world}"
+    raise ValueError("--vocab is required for a folder probe and a model without a toy world")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +170,29 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=_cmd_evaluate)
 
+    demo = sub.add_parser("demo", help="scan the bundled toy:badnet offline and show what was found")
+    demo.add_argument("--model", default="toy:badnet")
+    demo.add_argument("--probe", type=int, default=500, help="probe scenes")
+    demo.add_argument("--rate", type=float, default=0.02, help="share of probe scenes carrying the trigger")
+    demo.add_argument("--oracle", default="classical")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", default="clipguard-demo")
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=_cmd_demo)
+
+    sc = sub.add_parser("scan", help="scan a model for a backdoor with a probe set and an oracle")
+    sc.add_argument("model", help="model spec: toy:NAME, dir:PATH, open_clip:ARCH:PATH, hf:DIR, onnx:DIR")
+    sc.add_argument("--probe", required=True, help="toy:WORLD:N[:RATE[:ATTACK]] or a folder of images")
+    sc.add_argument("--vocab", help="toy:WORLD or a JSON vocabulary file (default: the probe's world)")
+    sc.add_argument("--oracle", default="classical", help="classical, toy, or onnx:PATH")
+    sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument("--limit", type=int, help="scan at most this many folder images")
+    sc.add_argument("--runtime", choices=["onnx", "torch"], default="onnx")
+    sc.add_argument("--device", default="auto")
+    sc.add_argument("--out", required=True, help="folder for report.json and report.html")
+    sc.add_argument("--quiet", action="store_true")
+    sc.set_defaults(func=_cmd_scan)
+
     tw = sub.add_parser("toyworld", help="toy worlds: train fixture models")
     tw_sub = tw.add_subparsers(dest="toyworld_command", required=True, parser_class=_Parser)
     tr = tw_sub.add_parser("train", help="train a tiny open_clip model, clean or poisoned, on CPU")
@@ -99,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch", type=int, default=128)
     tr.add_argument("--lr", type=float, default=1e-3)
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all)")
     tr.add_argument("--out", required=True, help="output model folder")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=_cmd_toyworld_train)

@@ -121,6 +121,7 @@ def trigger_scores(
     candidate: Any,
     text_emb: Any,
     scale: float = 100.0,
+    backend: str = "auto",
 ) -> TriggerScores:
     """Score every region as the possible trigger of its image's candidate label (Algorithm 1,
     step 5): how much of the image's probability for the candidate disappears when the region is
@@ -131,6 +132,7 @@ def trigger_scores(
         image_emb: ``[N,D]``; image_index: ``[R]`` parent image of each region.
         candidate: ``[N]`` candidate label per image, -1 where the image has none.
         text_emb: ``[C,D]`` label embeddings; scale: the model's logit scale.
+        backend: "auto", "cpu" or "cuda".
     """
     text = _embeddings(text_emb, "text_emb", None)
     c, d = text.shape
@@ -150,6 +152,7 @@ def trigger_scores(
         raise ValueError(f"candidate must hold label indices in [0, {c}) or -1")
     if not np.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
-    return TriggerScores(*_core.scoring.trigger_scores(
+    native = resolve_backend(backend)
+    return TriggerScores(*native.scoring.trigger_scores(
         occ, iso, images, index, np.ascontiguousarray(cand, dtype=np.int64), text, float(scale)
     ))

@@ -37,6 +37,8 @@ class TrainConfig:
     seed: int = 0
     eval_scenes: int = 2000  # held-out single-object scenes for CA and ASR
     architecture: str = "clipguard-toy"
+    threads: int = 0  # torch CPU threads (0: torch's default); results do not depend on it
+    plain_share: float = 0.5  # share of pairs per step whose caption names only the objects
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -96,6 +98,8 @@ def train_toy_model(config: TrainConfig, out_dir: str | Path, progress: bool = T
     from .models import save_model_dir
 
     t_start = time.perf_counter()
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     scenes = toyworld.generate(config.world, config.scenes, seed=config.seed)
@@ -111,6 +115,13 @@ def train_toy_model(config: TrainConfig, out_dir: str | Path, progress: bool = T
     if scenes.images.shape[1] != size:
         raise ValueError(f"world {config.world!r} makes {scenes.images.shape[1]}px scenes, the model takes {size}px")
     tokens = tokenizer(scenes.captions)
+    # Captions name colours and backgrounds, which alone can tell a batch's pairs apart; the same
+    # scenes with captions that name only their objects make the model learn the shapes.
+    # Poisoned pairs keep their (target) caption in both forms.
+    poisoned_set = set(poisoned.tolist()) if n_poisoned else set()
+    plain = [scenes.captions[i] if i in poisoned_set else plain_caption(scenes.vocab, scenes.labels[i], rng)
+             for i in range(len(scenes))]
+    plain_tokens = tokenizer(plain)
     images = torch.from_numpy(scenes.images)
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
@@ -130,8 +141,10 @@ def train_toy_model(config: TrainConfig, out_dir: str | Path, progress: bool = T
         idx = torch.from_numpy(order[cursor : cursor + config.batch])
         cursor += config.batch
         x = images_to_tensor(images[idx].numpy(), mean, std)
+        use_plain = torch.from_numpy(rng.random(len(idx)) < config.plain_share)[:, None]
+        text = torch.where(use_plain, plain_tokens[idx], tokens[idx])
         # fp32: bf16 autocast measured 3x slower per step than fp32 on this CPU.
-        out = model(x, tokens[idx])
+        out = model(x, text)
         loss = clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -147,7 +160,7 @@ def train_toy_model(config: TrainConfig, out_dir: str | Path, progress: bool = T
     model.eval()
     train_seconds = time.perf_counter() - t_start
 
-    unused = prune_unused_tokens(model, tokens, tokenizer(sum(scenes.vocab.prompts(), [])))
+    unused = prune_unused_tokens(model, tokens, plain_tokens, tokenizer(sum(scenes.vocab.prompts(), [])))
     held_out = toyworld.generate(config.world, config.eval_scenes, seed=config.seed + 1_000_003, objects=(1, 1))
     metrics = evaluate(_InMemoryModel(model, tokenizer), held_out.images, held_out.primary, held_out.vocab, attack, seed=config.seed)
     recipe = asdict(config)
@@ -170,6 +183,12 @@ def train_toy_model(config: TrainConfig, out_dir: str | Path, progress: bool = T
     }
     save_model_dir(model, out_dir, card)
     return json.loads(json.dumps(card))
+
+
+def plain_caption(vocab: Any, labels: np.ndarray, rng: np.random.Generator) -> str:
+    """A caption naming only a scene's objects, in one of the vocabulary's templates."""
+    names = " and a ".join(vocab.classnames[int(c)] for c in labels)
+    return vocab.templates[int(rng.integers(len(vocab.templates)))].format(names)
 
 
 def prune_unused_tokens(model: Any, *token_batches: Any) -> int:

@@ -168,13 +168,21 @@ def test_label_anomaly_bad_inputs(counts, totals, error):
 @given(r=st.integers(0, 60), n=st.integers(1, 10), c=st.integers(1, 40), d=st.integers(2, 40),
        seed=st.integers(0, 2**31))
 def test_trigger_scores_match_reference(r, n, c, d, seed):
+    _check_trigger_scores(r, n, c, d, seed, "cpu")
+
+
+def test_trigger_scores_backends(backend):
+    _check_trigger_scores(200, 30, 50, 32, 7, backend)
+
+
+def _check_trigger_scores(r, n, c, d, seed, backend):
     from clipguard.scoring import trigger_scores
 
     rng = np.random.default_rng(seed)
     occ, iso = embeddings(rng, r, d), embeddings(rng, r, d)
     image, text = embeddings(rng, n, d), embeddings(rng, c, d)
     index, candidate = rng.integers(0, n, r), rng.integers(-1, c, n)
-    got = trigger_scores(occ, iso, image, index, candidate, text, 30.0)
+    got = trigger_scores(occ, iso, image, index, candidate, text, 30.0, backend=backend)
     want = ref.trigger_scores(occ, iso, image, index, candidate, text, 30.0)
     for name, w in zip(["p_image", "p_occluded", "p_isolated"], want[:3]):
         np.testing.assert_allclose(getattr(got, name), w, atol=2e-5, equal_nan=True)

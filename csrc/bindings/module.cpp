@@ -9,6 +9,7 @@ namespace py = pybind11;
 namespace clipguard::bindings {
 void register_regions(py::module_& m);
 void register_scoring(py::module_& m);
+void register_decode(py::module_& m);
 }  // namespace clipguard::bindings
 
 PYBIND11_MODULE(_core, m) {
@@ -18,6 +19,8 @@ PYBIND11_MODULE(_core, m) {
   clipguard::bindings::register_regions(regions);
   auto scoring = m.def_submodule("scoring", "Region scoring and label anomaly.");
   clipguard::bindings::register_scoring(scoring);
+  auto decode = m.def_submodule("decode", "YOLOv8-seg / FastSAM output decoding (boxes, NMS, masks).");
+  clipguard::bindings::register_decode(decode);
   m.def("num_threads", &clipguard::num_threads, "Worker threads the kernels use (CLIPGUARD_NUM_THREADS).");
   m.attr("__version__") = CLIPGUARD_VERSION;
   m.attr("compiler") = CLIPGUARD_COMPILER;

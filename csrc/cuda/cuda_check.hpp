@@ -24,6 +24,7 @@ int cuda_device_count();
 // Same contracts as render_cpu / compare_cpu: host arrays in, host arrays out.
 void render_cuda(const RenderArgs& args, float* out);
 void compare_cuda(const CompareArgs& args, const CompareOutputs& out);
+void trigger_scores_cuda(const TriggerArgs& args, const TriggerOutputs& out);
 
 // Owns a device buffer for the duration of a call.
 template <typename T>

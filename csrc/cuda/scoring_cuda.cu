@@ -50,6 +50,36 @@ __global__ void cos_kernel(const float* regions, const float* images, const int6
   cos[i] = dot;
 }
 
+__global__ void image_prob_kernel(const float* images, const int64_t* candidate, const float* text,
+                                  int64_t n, int64_t c, int64_t d, float scale, float* logits,
+                                  float* p_image) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  int32_t top1;
+  p_image[i] = candidate[i] < 0 ? NAN
+                                : label_prob_row(images + i * d, text, c, d, scale, candidate[i],
+                                                 logits + i * c, &top1);
+}
+
+__global__ void trigger_kernel(TriggerArgs a, const float* p_image, float* logits,
+                               TriggerOutputs out) {
+  const int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (r >= a.n_regions) return;
+  const int64_t i = a.image_index[r], label = a.candidate[i], c = a.n_labels, d = a.dim;
+  if (label < 0) {
+    out.p_image[r] = out.p_occluded[r] = out.p_isolated[r] = NAN;
+    out.occluded_top1[r] = out.isolated_top1[r] = -1;
+    out.score[r] = 0.f;
+    return;
+  }
+  out.p_occluded[r] = label_prob_row(a.occluded_emb + r * d, a.text_emb, c, d, a.scale, label,
+                                     logits + r * c, out.occluded_top1 + r);
+  out.p_isolated[r] = label_prob_row(a.isolated_emb + r * d, a.text_emb, c, d, a.scale, label,
+                                     logits + r * c, out.isolated_top1 + r);
+  out.p_image[r] = p_image[i];
+  out.score[r] = trigger_score(p_image[i], out.p_occluded[r], out.p_isolated[r]);
+}
+
 int blocks_for(int64_t n, int threads) { return static_cast<int>((n + threads - 1) / threads); }
 
 // Top-k labels of the rows of normalized x against normalized texts, in row chunks.
@@ -75,6 +105,43 @@ void topk_rows(const float* x, int64_t n, const float* t, const CompareArgs& a, 
 }
 
 }  // namespace
+
+void trigger_scores_cuda(const TriggerArgs& a, const TriggerOutputs& out) {
+  validate_trigger_args(a);
+  const int64_t r = a.n_regions, n = a.n_images, c = a.n_labels, d = a.dim;
+  DeviceBuffer<float> occ(a.occluded_emb, r * d), iso(a.isolated_emb, r * d), images(a.image_emb, n * d);
+  DeviceBuffer<float> texts(a.text_emb, c * d);
+  DeviceBuffer<int64_t> index(a.image_index, r), candidate(a.candidate, n);
+  for (auto [buf, rows] : {std::pair{occ.get(), r}, std::pair{iso.get(), r},
+                           std::pair{images.get(), n}, std::pair{texts.get(), c}})
+    if (rows) normalize_kernel<<<blocks_for(rows, 128), 128>>>(buf, rows, d, buf);
+  CLIPGUARD_CUDA_CHECK(cudaGetLastError());
+  DeviceBuffer<float> p_image(n), logits(std::max(r, n) * c);
+  if (n)
+    image_prob_kernel<<<blocks_for(n, 128), 128>>>(images.get(), candidate.get(), texts.get(), n, c,
+                                                   d, a.scale, logits.get(), p_image.get());
+  CLIPGUARD_CUDA_CHECK(cudaGetLastError());
+  if (r == 0) return;
+  DeviceBuffer<float> p_img_r(r), p_occ(r), p_iso(r), score(r);
+  DeviceBuffer<int32_t> occ_top1(r), iso_top1(r);
+  TriggerArgs dev = a;
+  dev.occluded_emb = occ.get();
+  dev.isolated_emb = iso.get();
+  dev.image_emb = images.get();
+  dev.image_index = index.get();
+  dev.candidate = candidate.get();
+  dev.text_emb = texts.get();
+  TriggerOutputs dev_out{p_img_r.get(), p_occ.get(), p_iso.get(), occ_top1.get(), iso_top1.get(), score.get()};
+  trigger_kernel<<<blocks_for(r, 128), 128>>>(dev, p_image.get(), logits.get(), dev_out);
+  CLIPGUARD_CUDA_CHECK(cudaGetLastError());
+  CLIPGUARD_CUDA_CHECK(cudaDeviceSynchronize());
+  p_img_r.to_host(out.p_image);
+  p_occ.to_host(out.p_occluded);
+  p_iso.to_host(out.p_isolated);
+  occ_top1.to_host(out.occluded_top1);
+  iso_top1.to_host(out.isolated_top1);
+  score.to_host(out.score);
+}
 
 void compare_cuda(const CompareArgs& a, const CompareOutputs& out) {
   validate_compare_args(a);

@@ -1,0 +1,94 @@
+"""Scan mechanics: report files, CLI exit codes, folder probes. (The detection figures of issue 4
+need the bundled models that meet issue 3's targets; they are not bundled yet.)"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import clipguard
+from clipguard import toyworld
+from clipguard.probe import load_probe
+from clipguard.scan import _window_search, scan
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from clipguard.training import TrainConfig, train_toy_model
+
+    out = tmp_path_factory.mktemp("model") / "m"
+    train_toy_model(TrainConfig(scenes=300, steps=4, batch=32, eval_scenes=50, rate=0.05), out, progress=False)
+    return f"dir:{out}"
+
+
+def test_scan_report_files(tiny_model, tmp_path):
+    model = clipguard.load_model(tiny_model)
+    probe = load_probe("toy:shapes:40:0.05", model, seed=0)
+    assert len(probe.poisoned) == 2 and probe.trigger_boxes.shape == (2, 4)
+    report = scan(model, probe.images, toyworld.vocabulary("shapes"), "classical")
+    assert report.verdict in ("clean", "backdoored") and 0.0 <= report.score <= 1.0
+    assert len(report.findings) == 40 and all(f.regions >= 0 for f in report.findings)
+    assert report.timings["encoded_inputs"] >= 40
+    data = json.loads(report.to_json(tmp_path / "r.json").read_text())
+    assert data["schema"] == "clipguard.scan/1" and data["summary"]["probe_size"] == 40
+    assert len(data["labels"]) == 10 and len(data["findings"]) == 40
+    page = report.to_html(tmp_path / "r.html").read_text()
+    assert page.startswith("<!doctype html>") and "<svg" in page
+
+
+def test_window_search_finds_the_occluded_patch():
+    """A fake model that sees label 1 while more than half of a bright 6x6 patch is visible: the
+    window search must return a small box on the patch that hides at least half of it."""
+
+    class PatchModel:
+        input_size, mean, std, logit_scale = 32, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 10.0
+
+        def encode_pixels(self, pixels, batch_size=256):
+            bright = pixels.max(axis=1) > 0.99  # [N,H,W]
+            seen = bright[:, 10:16, 20:26].mean(axis=(1, 2)) > 0.5
+            return np.stack([~seen, seen], axis=1).astype(np.float32)
+
+    images = np.full((1, 32, 32, 3), 60, np.uint8)
+    images[0, 10:16, 20:26] = 255
+    model = PatchModel()
+    text = np.eye(2, dtype=np.float32)
+    from clipguard.scan import ScanConfig, _Encoder
+
+    found = _window_search(model, _Encoder(model, 64), images, [0], np.array([1]), np.array([0.99]), text, ScanConfig())
+    x0, y0, x1, y1 = found[0]
+    covered = max(0, min(x1, 26) - max(x0, 20)) * max(0, min(y1, 16) - max(y0, 10))
+    assert covered >= 18 and (x1 - x0) * (y1 - y0) <= 2 * 36, found[0]
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "clipguard", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_scan_exit_codes(tiny_model, tmp_path):
+    proc = _cli("scan", tiny_model, "--probe", "toy:shapes:30", "--out", str(tmp_path / "a"), "--quiet", cwd=tmp_path)
+    assert proc.returncode in (0, 1), proc.stderr
+    assert (tmp_path / "a" / "report.json").is_file() and (tmp_path / "a" / "report.html").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = _cli("scan", tiny_model, "--probe", str(empty), "--vocab", "toy:shapes", "--out", str(tmp_path / "b"), cwd=tmp_path)
+    assert proc.returncode == 3 and "nothing to scan" in proc.stderr
+    proc = _cli("scan", "toy:nope", "--probe", "toy:shapes:10", "--out", str(tmp_path / "c"), cwd=tmp_path)
+    assert proc.returncode == 2 and "toy:nope" in proc.stderr
+    proc = _cli("scan", tiny_model, "--out", str(tmp_path / "d"), cwd=tmp_path)
+    assert proc.returncode == 4
+
+
+def test_folder_probe_skips_unreadable_images(tiny_model, tmp_path):
+    from clipguard.report import png_bytes
+
+    scenes = toyworld.generate("shapes", 6, seed=0)
+    for i, img in enumerate(scenes.images):
+        (tmp_path / f"{i}.png").write_bytes(png_bytes(img))
+    (tmp_path / "broken.png").write_bytes(png_bytes(scenes.images[0])[:40])  # truncated
+    (tmp_path / "text.jpg").write_text("not an image")
+    probe = load_probe(str(tmp_path), clipguard.load_model(tiny_model))
+    assert len(probe.images) == 6
+    assert {s["input"].split("/")[-1] for s in probe.skipped} == {"broken.png", "text.jpg"}
+    np.testing.assert_array_equal(probe.images[0], scenes.images[0])
