@@ -118,10 +118,11 @@ def hf_dir(tmp_path_factory):
 # --- import cost -----------------------------------------------------------------------------------
 
 
-def test_import_is_cheap():
+def test_import_is_cheap(tmp_path):
     code = ("import sys, clipguard.models; heavy = [m for m in ('torch', 'onnxruntime', 'open_clip', "
             "'cv2', 'transformers', 'onnx') if m in sys.modules]; print(heavy); assert not heavy")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    # cwd outside the checkout: import the installed package, not the source folder
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
 
 

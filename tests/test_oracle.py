@@ -397,10 +397,11 @@ def toy():
     return get_oracle("toy")
 
 
-def test_import_is_light():
+def test_import_is_light(tmp_path):
     code = ("import sys, clipguard.oracle; "
             "print(','.join(m for m in ('cv2', 'onnxruntime', 'onnx', 'torch') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # cwd outside the checkout: import the installed package, not the source folder
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == ""
 
 
