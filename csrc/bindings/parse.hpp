@@ -36,4 +36,73 @@ py::tuple trigger_outputs(const TriggerArgs& args, TriggerOutputs& out);
 // Allocates render()'s [R,3,size,size] output.
 py::array_t<float> render_output(const RenderArgs& args);
 
+// The Python functions of the kernels, defined once for both modules: `kernel` is the CPU or the
+// CUDA entry point, with the same contract.
+template <typename Kernel>
+void def_render(py::module_& m, Kernel kernel) {
+  m.def(
+      "render",
+      [kernel](const py::array& images, const py::object& masks, const py::array& boxes,
+               const py::array& image_index, const py::array& fill, int mode, int64_t size,
+               const py::array& mean, const py::array& std) {
+        std::vector<py::object> keep;
+        const RenderArgs a =
+            parse_render_args(images, masks, boxes, image_index, fill, mode, size, mean, std, keep);
+        py::array_t<float> out = render_output(a);
+        {
+          py::gil_scoped_release release;
+          kernel(a, out.mutable_data());
+        }
+        return out;
+      },
+      py::arg("images"), py::arg("masks"), py::arg("boxes"), py::arg("image_index"),
+      py::arg("fill"), py::arg("mode"), py::arg("size"), py::arg("mean"), py::arg("std"),
+      "Region views [R,3,size,size] float32; see clipguard.regions.render.");
+}
+
+template <typename Kernel>
+void def_compare(py::module_& m, Kernel kernel) {
+  m.def(
+      "compare",
+      [kernel](const py::array& region_emb, const py::array& image_emb,
+               const py::array& image_index, const py::array& text_emb, float scale, int k) {
+        std::vector<py::object> keep;
+        const CompareArgs a =
+            parse_compare_args(region_emb, image_emb, image_index, text_emb, scale, k, keep);
+        CompareOutputs out;
+        py::tuple result = compare_outputs(a, out);
+        {
+          py::gil_scoped_release release;
+          kernel(a, out);
+        }
+        return result;
+      },
+      py::arg("region_emb"), py::arg("image_emb"), py::arg("image_index"), py::arg("text_emb"),
+      py::arg("scale"), py::arg("k"),
+      "(region_labels, region_probs, image_labels, image_probs, region_image_cos).");
+}
+
+template <typename Kernel>
+void def_trigger_scores(py::module_& m, Kernel kernel) {
+  m.def(
+      "trigger_scores",
+      [kernel](const py::array& occluded_emb, const py::array& isolated_emb,
+               const py::array& image_emb, const py::array& image_index,
+               const py::array& candidate, const py::array& text_emb, float scale) {
+        std::vector<py::object> keep;
+        const TriggerArgs a = parse_trigger_args(occluded_emb, isolated_emb, image_emb, image_index,
+                                                 candidate, text_emb, scale, keep);
+        TriggerOutputs out;
+        py::tuple result = trigger_outputs(a, out);
+        {
+          py::gil_scoped_release release;
+          kernel(a, out);
+        }
+        return result;
+      },
+      py::arg("occluded_emb"), py::arg("isolated_emb"), py::arg("image_emb"), py::arg("image_index"),
+      py::arg("candidate"), py::arg("text_emb"), py::arg("scale"),
+      "(p_image, p_occluded, p_isolated, occluded_top1, isolated_top1, score) per region.");
+}
+
 }  // namespace clipguard::bindings

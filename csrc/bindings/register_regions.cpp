@@ -33,24 +33,7 @@ void register_regions(py::module_& m) {
       },
       py::arg("images"), "Mean colour [N,3] of uint8 images [N,H,W,3].");
 
-  m.def(
-      "render",
-      [](const py::array& images, const py::object& masks, const py::array& boxes,
-         const py::array& image_index, const py::array& fill, int mode, int64_t size,
-         const py::array& mean, const py::array& std) {
-        std::vector<py::object> keep;
-        const RenderArgs a =
-            parse_render_args(images, masks, boxes, image_index, fill, mode, size, mean, std, keep);
-        py::array_t<float> out = render_output(a);
-        {
-          py::gil_scoped_release release;
-          render_cpu(a, out.mutable_data());
-        }
-        return out;
-      },
-      py::arg("images"), py::arg("masks"), py::arg("boxes"), py::arg("image_index"),
-      py::arg("fill"), py::arg("mode"), py::arg("size"), py::arg("mean"), py::arg("std"),
-      "Region views [R,3,size,size] float32; see clipguard.regions.render.");
+  def_render(m, render_cpu);
 }
 
 }  // namespace clipguard::bindings
