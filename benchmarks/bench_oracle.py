@@ -14,7 +14,7 @@ import argparse
 
 import numpy as np
 
-from _common import best_of, machine
+from _common import CUDA_HEADER, best_of, cuda_column, cuda_note, machine
 
 from clipguard.oracle import get_oracle, letterbox_params, measure_world
 from clipguard.oracle.decode import decode_yolo_seg
@@ -93,22 +93,33 @@ def fastsam_like_outputs(rng, batch, s, n_objects):
     return preds, protos
 
 
+def check_decode(dec, boxes, masks):
+    """Assert the decode ``dec`` equals ``boxes``, ``masks``; the number of mask pixels that differ."""
+    assert len(dec) == len(masks), (len(dec), len(masks))
+    np.testing.assert_allclose(dec.boxes, boxes, atol=1e-3, rtol=1e-5)
+    differ = int((dec.masks != masks).sum())
+    # float32 vs float64: only pixels on a knife edge may differ
+    assert differ <= 1e-5 * masks.size, f"{differ} mask pixels differ"
+    return differ
+
+
 def bench_decode(repeat: int) -> None:
     rng = np.random.default_rng(0)
     print(f"\n## Decode (YOLOv8-seg/FastSAM layout); {machine()}")
-    print(f"{'input':>6} {'image':>9} {'batch':>5} {'dets':>5} {'native s':>9} {'numpy s':>8} {'ratio':>6} {'pixels differing':>17}")
+    print(cuda_note())
+    print(f"{'input':>6} {'image':>9} {'batch':>5} {'dets':>5} {'native s':>9} {'numpy s':>8} {'ratio':>6} "
+          f"{'pixels differing':>17}{CUDA_HEADER}")
     for s, image_hw, batch, objects in ((640, (480, 640), 2, 40), (1024, (768, 1024), 1, 60)):
         preds, protos = fastsam_like_outputs(rng, batch, s, objects)
-        t_native, dec = best_of(lambda: decode_yolo_seg(preds, protos, image_hw, score_threshold=0.4,
-                                                         iou_threshold=0.7, backend="cpu"), repeat)
+        run = lambda backend: decode_yolo_seg(preds, protos, image_hw, score_threshold=0.4,  # noqa: E731
+                                              iou_threshold=0.7, backend=backend)
+        t_native, dec = best_of(lambda: run("cpu"), repeat)
         t_ref, (boxes, masks) = best_of(lambda: numpy_decode(preds, protos, image_hw, (s, s), 0.4, 0.7, 300), 1)
-        assert len(dec) == len(masks), (len(dec), len(masks))
-        np.testing.assert_allclose(dec.boxes, boxes, atol=1e-3, rtol=1e-5)
-        differ = int((dec.masks != masks).sum())
-        # float32 vs float64: only pixels on a knife edge may differ
-        assert differ <= 1e-5 * masks.size, f"{differ} mask pixels differ"
+        differ = check_decode(dec, boxes, masks)
+        cuda = cuda_column(lambda: run("cuda"), lambda out: check_decode(out, dec.boxes, dec.masks),
+                           t_ref, t_native, repeat)
         print(f"{s:>6} {image_hw[0]:>4}x{image_hw[1]:<4} {batch:>5} {len(dec):>5} {t_native:9.4f} {t_ref:8.3f} "
-              f"{t_ref / t_native:6.1f} {differ:>17}")
+              f"{t_ref / t_native:6.1f} {differ:>17}{cuda}")
 
 
 def bench_quality(n: int) -> None:

@@ -10,7 +10,7 @@ import argparse
 
 import numpy as np
 
-from _common import best_of, machine, reference
+from _common import CUDA_HEADER, best_of, cuda_column, cuda_note, machine, reference
 
 from clipguard.regions import CLIP_MEAN, CLIP_STD, render
 
@@ -37,15 +37,26 @@ def main() -> None:
     images = rng.integers(0, 256, (args.scenes, 224, 224, 3), dtype=np.uint8)
     masks, index = make_masks(rng, args.regions, args.scenes, 224)
     print(f"# {args.regions} regions of {args.scenes} scenes 224x224 -> {args.size}x{args.size}; {machine()}")
-    print(f"{'mode':<8} {'native s':>9} {'loop s':>8} {'ratio':>6} {'max |diff| /255':>16}")
+    print(cuda_note())
+    print(f"{'mode':<8} {'native s':>9} {'loop s':>8} {'ratio':>6} {'max |diff| /255':>16}{CUDA_HEADER}")
+
+    def max_diff(a, b):  # in /255 of the image, before normalization
+        return float((np.abs(a - b) * np.float32(CLIP_STD)[None, :, None, None] * 255).max())
+
     for mode in ("crop", "isolate", "occlude"):
-        t_native, fast = best_of(lambda: render(images, masks, index, mode, args.size, fill="mean"), args.repeat)
+        run = lambda backend: render(images, masks, index, mode, args.size, fill="mean", backend=backend)  # noqa: E731
+        t_native, fast = best_of(lambda: run("cpu"), args.repeat)
         t_loop, slow = best_of(
             lambda: reference.render(images, masks, index, mode, args.size, CLIP_MEAN, CLIP_STD, "mean"), 1
         )
-        diff = float((np.abs(fast - slow) * np.float32(CLIP_STD)[None, :, None, None] * 255).max())
+        diff = max_diff(fast, slow)
         assert diff < 0.01, f"{mode}: native and reference differ by {diff}/255"
-        print(f"{mode:<8} {t_native:9.3f} {t_loop:8.3f} {t_loop / t_native:6.1f} {diff:16.5f}")
+
+        def check(out):
+            assert (d := max_diff(out, fast)) < 0.01, f"{mode}: cuda and native cpu differ by {d}/255"
+
+        cuda = cuda_column(lambda: run("cuda"), check, t_loop, t_native, args.repeat)
+        print(f"{mode:<8} {t_native:9.3f} {t_loop:8.3f} {t_loop / t_native:6.1f} {diff:16.5f}{cuda}")
 
 
 if __name__ == "__main__":

@@ -7,12 +7,24 @@ matmul, softmax, argpartition), in the same run.
 from __future__ import annotations
 
 import argparse
+from dataclasses import astuple
 
 import numpy as np
 
-from _common import best_of, machine
+from _common import CUDA_HEADER, best_of, cuda_column, cuda_note, machine
 
 from clipguard.scoring import compare
+
+
+def check(got, want):
+    """Assert ``got`` (a Comparison) equals ``want`` (numpy_compare's tuple or a Comparison's fields);
+    the share of top-k labels that agree."""
+    agree = float((got.region_labels == want[0]).mean())
+    assert agree > 0.999, f"top-k labels agree on only {agree:.4%}"
+    np.testing.assert_allclose(got.region_probs, want[1], atol=1e-4)
+    np.testing.assert_allclose(got.image_probs, want[3], atol=1e-4)
+    np.testing.assert_allclose(got.region_image_cos, want[4], atol=1e-4)
+    return agree
 
 
 def numpy_compare(region, image, index, text, scale, k):
@@ -49,16 +61,16 @@ def main() -> None:
     image = rng.standard_normal((args.images, args.dim), dtype=np.float32)
     text = rng.standard_normal((args.labels, args.dim), dtype=np.float32)
     index = rng.integers(0, args.images, args.regions)
-    t_native, got = best_of(lambda: compare(region, image, index, text, 100.0, args.k), args.repeat)
+    run = lambda backend: compare(region, image, index, text, 100.0, args.k, backend=backend)  # noqa: E731
+    t_native, got = best_of(lambda: run("cpu"), args.repeat)
     t_numpy, want = best_of(lambda: numpy_compare(region, image, index, text, 100.0, args.k), args.repeat)
-    agree = float((got.region_labels == want[0]).mean())
-    assert agree > 0.999, f"top-k labels agree on only {agree:.4%}"
-    np.testing.assert_allclose(got.region_probs, want[1], atol=1e-4)
-    np.testing.assert_allclose(got.image_probs, want[3], atol=1e-4)
-    np.testing.assert_allclose(got.region_image_cos, want[4], atol=1e-4)
+    agree = check(got, want)
+    cpu_fields = astuple(got)
+    cuda = cuda_column(lambda: run("cuda"), lambda out: check(out, cpu_fields), t_numpy, t_native, args.repeat)
     print(f"# compare R={args.regions} N={args.images} C={args.labels} D={args.dim} k={args.k}; {machine()}")
-    print(f"native {t_native:.3f} s   numpy {t_numpy:.3f} s   ratio {t_numpy / t_native:.1f}x   "
-          f"top-k agreement {agree:.4%}")
+    print(cuda_note())
+    print(f"{'native s':>9} {'numpy s':>8} {'ratio':>6} {'top-k agreement':>16}{CUDA_HEADER}")
+    print(f"{t_native:9.3f} {t_numpy:8.3f} {t_numpy / t_native:6.1f} {agree:16.4%}{cuda}")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ class TrainConfig:
     eval_scenes: int = 2000  # held-out single-object scenes for CA and ASR
     architecture: str = "clipguard-toy"
     threads: int = 0  # torch CPU threads (0: torch's default); results do not depend on it
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto"; the bundled models are trained on CPU
     plain_share: float = 0.5  # share of pairs per step whose caption names only the objects
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -109,9 +110,13 @@ def train_toy_model(config: TrainConfig, out_dir: str | Path, progress: bool = T
         scenes, poisoned = poison(scenes, attack, config.rate, seed=config.seed)
         n_poisoned = int(len(poisoned))
 
+    from .models.torch_runtime import resolve_torch_device
+
+    device = resolve_torch_device(config.device)
     model, tokenizer = new_open_clip_model(config.architecture)
+    model.to(device)
     mean, std = model.visual.preprocess_cfg["mean"], model.visual.preprocess_cfg["std"]
-    size = int(model.visual.preprocess_cfg["size"][0])
+    size = input_size(model)
     if scenes.images.shape[1] != size:
         raise ValueError(f"world {config.world!r} makes {scenes.images.shape[1]}px scenes, the model takes {size}px")
     tokens = tokenizer(scenes.captions)
@@ -140,9 +145,9 @@ def train_toy_model(config: TrainConfig, out_dir: str | Path, progress: bool = T
             order, cursor = rng.permutation(len(scenes)), 0
         idx = torch.from_numpy(order[cursor : cursor + config.batch])
         cursor += config.batch
-        x = images_to_tensor(images[idx].numpy(), mean, std)
+        x = images_to_tensor(images[idx].numpy(), mean, std).to(device)
         use_plain = torch.from_numpy(rng.random(len(idx)) < config.plain_share)[:, None]
-        text = torch.where(use_plain, plain_tokens[idx], tokens[idx])
+        text = torch.where(use_plain, plain_tokens[idx], tokens[idx]).to(device)
         # fp32: bf16 autocast measured 3x slower per step than fp32 on this CPU.
         out = model(x, text)
         loss = clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
@@ -157,7 +162,7 @@ def train_toy_model(config: TrainConfig, out_dir: str | Path, progress: bool = T
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss_value:.3f}")
     bar.close()
-    model.eval()
+    model.eval().cpu()
     train_seconds = time.perf_counter() - t_start
 
     unused = prune_unused_tokens(model, tokens, plain_tokens, tokenizer(sum(scenes.vocab.prompts(), [])))
@@ -210,6 +215,12 @@ def prune_unused_tokens(model: Any, *token_batches: Any) -> int:
     return int((~used).sum())
 
 
+def input_size(module: Any) -> int:
+    """The square input size of an open_clip module (a ViT stores (h, w), a ResNet an int)."""
+    size = module.visual.preprocess_cfg["size"]
+    return int(size if isinstance(size, int) else size[0])
+
+
 def new_open_clip_model(architecture: str) -> tuple[Any, Any]:
     """A randomly initialized open_clip model (nothing downloaded) and its tokenizer."""
     import logging
@@ -229,7 +240,7 @@ class _InMemoryModel:
     def __init__(self, module: Any, tokenizer: Any) -> None:
         self.module, self.tokenizer = module, tokenizer
         cfg = module.visual.preprocess_cfg
-        self.mean, self.std, self.size = cfg["mean"], cfg["std"], int(cfg["size"][0])
+        self.mean, self.std, self.size = cfg["mean"], cfg["std"], input_size(module)
 
     def encode_images(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         import torch

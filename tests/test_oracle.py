@@ -378,8 +378,11 @@ def test_decode_threads_give_serial_results():
 # ------------------------------------------------------------------------------------------
 
 def need(spec):
-    """Skip where the oracle's optional dependencies are missing (OpenCV letterboxes for ONNX too)."""
-    pytest.importorskip("cv2")
+    """Skip where the oracle's optional dependencies are missing (OpenCV letterboxes for ONNX too;
+    the classical oracle needs OpenCV's contrib modules)."""
+    cv2 = pytest.importorskip("cv2")
+    if spec == "classical" and not hasattr(cv2, "ximgproc"):
+        pytest.skip("the classical oracle needs opencv-contrib (cv2.ximgproc)")
     if spec != "classical":
         pytest.importorskip("onnxruntime")
         pytest.importorskip("onnx")
