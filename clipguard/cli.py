@@ -12,6 +12,7 @@ import sys
 from typing import Callable, Sequence
 
 EXIT_CLEAN, EXIT_FOUND, EXIT_ERROR, EXIT_NOTHING, EXIT_USAGE = 0, 1, 2, 3, 4
+FINETUNE_SET = "finetune_set.npz"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,17 +35,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from . import toyworld
-    from .evaluate import evaluate
+    from .evaluate import evaluate_toy
     from .models import load_model
 
     model = load_model(args.model, runtime=args.runtime, device=args.device)
     attack = args.attack
     if attack is None and args.model.startswith("toy:"):
         attack = model.card.get("attack")  # a bundled model is measured against its own trigger
-    held_out = toyworld.generate(args.world, args.n, seed=args.seed, objects=(1, 1), split="test")
-    result = evaluate(model, held_out.images, held_out.primary, held_out.vocab, attack, seed=args.seed)
-    result.update(model=args.model, world=args.world, seed=args.seed)
+    result = evaluate_toy(model, args.world, attack, n=args.n, seed=args.seed)
+    result.update(model=args.model)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -93,53 +92,145 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     out = Path(args.out)
     report.to_json(out / "report.json")
     report.to_html(out / "report.html")
+    if report.verdict == "backdoored":  # what `clipguard repair --scan DIR` fine-tunes on
+        report.finetune_set(seed=args.seed).save(out / FINETUNE_SET)
     print(f"{args.model}: {report.verdict} (score {report.score:.3f}); affected labels: "
           f"{', '.join(report.affected_labels) or 'none'}; {len(report.victims)} victims in "
           f"{len(probe.images)} probe images -> {out / 'report.html'}")
     return EXIT_FOUND if report.verdict == "backdoored" else EXIT_CLEAN
 
 
+def _toy_metrics(model: object, card: dict, seed: int, n: int = 2000) -> dict | None:
+    """CA and ASR on held-out scenes of a model's toy world under its own attack; None if the
+    card names no toy world."""
+    from .evaluate import evaluate_toy
+
+    world = card.get("world")
+    if not world:
+        return None
+    r = evaluate_toy(model, world, card.get("attack"), n=n, seed=seed)
+    return {"ca": r["ca"], "asr": r.get("asr")}
+
+
+def _repair_and_save(model_spec: str, fset: object, out: object, args: argparse.Namespace) -> tuple[object, dict]:
+    """Repair, write the model (input format + ONNX) and return (repaired, record)."""
+    from .models import load_model
+    from .repair import RepairConfig, repair, save_repaired
+
+    torch_model = load_model(model_spec, runtime="torch", device="cpu" if args.device == "auto" else args.device)
+    result = repair(torch_model, fset, RepairConfig(seed=args.seed, steps=args.steps), progress=not args.quiet)
+    save_repaired(result.model, out / "model")
+    return result.model, result.record
+
+
+def _cmd_repair(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .models import load_model
+    from .repair import FinetuneSet
+
+    out = Path(args.out)
+    if args.scan:
+        path = Path(args.scan) / FINETUNE_SET
+        if not path.is_file():
+            report = Path(args.scan) / "report.json"
+            why = "the scan found no backdoor" if report.is_file() else "it is not a scan folder"
+            print(f"clipguard repair: {path} does not exist ({why}); nothing to repair", file=sys.stderr)
+            return EXIT_NOTHING
+        fset = FinetuneSet.load(path)
+    else:
+        from .probe import load_probe, load_vocab
+        from .scan import ScanConfig, scan
+
+        model = load_model(args.model, device=args.device)
+        probe = load_probe(args.probe, model, seed=args.seed)
+        vocab = load_vocab(args.vocab or _default_vocab(args, model))
+        report = scan(model, probe.images, vocab, args.oracle, ScanConfig(seed=args.seed), progress=not args.quiet)
+        report.to_json(out / "scan" / "report.json")
+        report.to_html(out / "scan" / "report.html")
+        if report.verdict != "backdoored":
+            print(f"{args.model}: the scan found no backdoor; nothing to repair ({out / 'scan' / 'report.html'})")
+            return EXIT_CLEAN
+        fset = report.finetune_set(seed=args.seed)
+    repaired, record = _repair_and_save(args.model, fset, out, args)
+    before_model = load_model(args.model, runtime="torch", device="cpu")
+    card = before_model.card or {}
+    record.update(model=args.model, repaired=str(out / "model"),
+                  before=_toy_metrics(before_model, card, args.seed), after=_toy_metrics(repaired, card, args.seed))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "record.json").write_text(json.dumps(record, indent=2) + "\n")
+    est = record["estimated_asr"]
+    line = (f"repaired {args.model} with {record['pairs']} pairs in {record['steps']} steps ({record['seconds']:.0f} s): "
+            f"estimated ASR {_pct(est['before'])} -> {_pct(est['after'])}")
+    if record["before"]:
+        b, a = record["before"], record["after"]
+        line += f"; CA {_pct(b['ca'])} -> {_pct(a['ca'])}, ASR {_pct(b['asr'])} -> {_pct(a['asr'])}"
+    print(line + f" -> {out / 'model'}")
+    return EXIT_CLEAN
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """Scan the bundled toy:badnet on a toy probe set, show what was found, measure it."""
+    """Scan the bundled toy:badnet, repair it on the compact set the scan builds, and measure
+    CA and ASR before and after, offline."""
     import time
     from pathlib import Path
 
     from . import toyworld
-    from .evaluate import evaluate
     from .models import load_model
     from .probe import load_probe
     from .scan import ScanConfig, scan
 
     out = Path(args.out)
+    seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     model = load_model(args.model)
     probe = load_probe(f"toy:shapes:{args.probe}:{args.rate}", model, seed=args.seed)
     vocab = toyworld.vocabulary("shapes")
     report = scan(model, probe.images, vocab, args.oracle, ScanConfig(seed=args.seed), progress=not args.quiet)
-    t_scan = time.perf_counter() - t0
-    held_out = toyworld.generate("shapes", 1000, seed=args.seed + 1, objects=(1, 1), split="test")
-    before = evaluate(model, held_out.images, held_out.primary, vocab, model.card.get("attack"), seed=args.seed)
+    report.to_json(out / "report.json")
+    report.to_html(out / "report.html")
+    seconds["scan"] = time.perf_counter() - t0
     truth = set(int(i) for i in probe.poisoned) if probe.poisoned is not None else set()
     found = {v["index"] for v in report.victims}
-    record = {
+    record: dict = {
         "model": args.model, "probe": {"images": len(probe.images), "poisoned": len(truth), "attack": probe.attack},
         "scan": {"verdict": report.verdict, "score": report.score, "affected_labels": report.affected_labels,
                  "victims": len(found), "victim_precision": len(found & truth) / max(1, len(found)),
-                 "victim_recall": len(found & truth) / max(1, len(truth))},
-        "before": {"ca": before["ca"], "asr": before.get("asr")},
-        "seconds": {"scan": round(t_scan, 2), **{k: round(v, 3) for k, v in report.timings.items() if isinstance(v, float)}},
+                 "victim_recall": len(found & truth) / max(1, len(truth)),
+                 "timings": {k: round(v, 3) for k, v in report.timings.items() if isinstance(v, float)}},
     }
-    report.to_json(out / "report.json")
-    report.to_html(out / "report.html")
+    t0 = time.perf_counter()
+    record["before"] = _toy_metrics(model, model.card, args.seed)
+    seconds["evaluate"] = time.perf_counter() - t0
+    if report.verdict == "backdoored":
+        t0 = time.perf_counter()
+        fset = report.finetune_set(seed=args.seed)
+        repaired, rep = _repair_and_save(args.model, fset, out, args)
+        seconds["repair"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        record["after"] = _toy_metrics(repaired, model.card, args.seed)
+        seconds["evaluate"] += time.perf_counter() - t0
+        record["pairs"] = rep["pairs"]
+        record["repair"] = {k: rep[k] for k in ("pairs_by_kind", "steps", "stopped_early", "estimated_asr")}
+    record["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     (out / "record.json").write_text(json.dumps(record, indent=2) + "\n")
     s = record["scan"]
-    print(f"model         {args.model} (card: {model.card.get('attack')})")
-    print(f"probe         {len(probe.images)} toy scenes, {len(truth)} carrying the trigger")
-    print(f"verdict       {s['verdict']} (score {s['score']:.3f}), affected labels: {', '.join(s['affected_labels']) or 'none'}")
-    print(f"victims       {s['victims']} found, precision {s['victim_precision']:.2f}, recall {s['victim_recall']:.2f}")
-    print(f"CA / ASR      {100 * before['ca']:.1f}% / {100 * (before.get('asr') or 0):.1f}% (held-out scenes)")
-    print(f"scan time     {t_scan:.1f} s")
-    print(f"report        {out / 'report.html'}")
+    print(f"model     {args.model} ({model.card.get('attack')})")
+    print(f"probe     {len(probe.images)} toy scenes, {len(truth)} carrying the trigger")
+    print(f"scan      {s['verdict']} (score {s['score']:.3f}), affected labels: {', '.join(s['affected_labels']) or 'none'}; "
+          f"{s['victims']} victims, precision {s['victim_precision']:.2f}, recall {s['victim_recall']:.2f}")
+    print(f"\n{'':10}{'CA':>8}{'ASR':>8}")
+    for name in ("before", "after"):
+        if record.get(name):
+            print(f"{name:10}{_pct(record[name]['ca']):>8}{_pct(record[name]['asr']):>8}")
+    if "pairs" in record:
+        print(f"\nrepair    {record['pairs']} pairs, {record['repair']['steps']} steps -> {out / 'model'}")
+    print("seconds   " + ", ".join(f"{k} {v:.1f}" for k, v in record["seconds"].items()))
+    print(f"report    {out / 'report.html'}\nrecord    {out / 'record.json'}")
     return EXIT_FOUND if report.verdict == "backdoored" else EXIT_CLEAN
 
 
@@ -177,8 +268,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--oracle", default="classical")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="clipguard-demo")
+    demo.add_argument("--steps", type=int, default=300, help="repair steps at most (it stops early)")
+    demo.add_argument("--device", default="auto")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=_cmd_demo)
+
+    rp = sub.add_parser("repair", help="fine-tune a backdoor away on the compact set a scan builds")
+    rp.add_argument("model", help="model spec: toy:NAME, dir:PATH, open_clip:ARCH:PATH, hf:DIR")
+    source = rp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--scan", help="a `clipguard scan --out` folder of this model")
+    source.add_argument("--probe", help="scan first with this probe (toy:WORLD:N[:RATE[:ATTACK]] or a folder)")
+    rp.add_argument("--vocab", help="with --probe: toy:WORLD or a JSON vocabulary file")
+    rp.add_argument("--oracle", default="classical", help="with --probe: classical, toy, or onnx:PATH")
+    rp.add_argument("--steps", type=int, default=300, help="fine-tuning steps at most (it stops early)")
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--device", default="auto")
+    rp.add_argument("--out", required=True, help="folder for model/ and record.json")
+    rp.add_argument("--quiet", action="store_true")
+    rp.set_defaults(func=_cmd_repair)
 
     sc = sub.add_parser("scan", help="scan a model for a backdoor with a probe set and an oracle")
     sc.add_argument("model", help="model spec: toy:NAME, dir:PATH, open_clip:ARCH:PATH, hf:DIR, onnx:DIR")
@@ -200,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = tr.add_mutually_exclusive_group()
     group.add_argument("--attack", default="badnet:target=star", help="attack spec used to poison")
     group.add_argument("--clean", action="store_true", help="train without poisoning")
-    tr.add_argument("--rate", type=float, default=0.03, help="share of training pairs poisoned")
+    tr.add_argument("--rate", type=float, default=0.1, help="share of training pairs poisoned")
     tr.add_argument("--scenes", type=int, default=16000)
     tr.add_argument("--steps", type=int, default=3000)
     tr.add_argument("--batch", type=int, default=128)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["evaluate", "zero_shot_predict"]
+__all__ = ["evaluate", "evaluate_toy", "zero_shot_predict"]
 
 
 def zero_shot_predict(model: Any, images: np.ndarray, text_emb: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -67,4 +67,15 @@ def evaluate(
     triggered = attack.apply(np.asarray(images)[victims], seed=seed).images
     hit = zero_shot_predict(model, triggered, text, batch_size) == target
     result.update(asr=float(hit.mean()), n_asr=int(victims.size), attack=attack.spec(), target=attack.target)
+    return result
+
+
+def evaluate_toy(model: Any, world: str = "shapes", attack: Any = None, *, n: int = 2000, seed: int = 1) -> dict[str, Any]:
+    """:func:`evaluate` on ``n`` held-out single-object scenes of a toy world (the test split),
+    the way model cards, the CLI and the benchmarks measure CA and ASR."""
+    from . import toyworld
+
+    held_out = toyworld.generate(world, n, seed=seed, objects=(1, 1), split="test")
+    result = evaluate(model, held_out.images, held_out.primary, held_out.vocab, attack, seed=seed)
+    result.update(world=world, seed=seed)
     return result

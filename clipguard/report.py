@@ -114,6 +114,13 @@ class ScanReport:
             oracle=str(oracle), probe_size=len(images), skipped=skipped, images=images, vocab=vocab,
         )
 
+    def finetune_set(self, *, pairs: int = 300, target_share: float = 0.1, seed: int = 0) -> Any:
+        """The compact fine-tuning set built from these findings (DESIGN §2.2 step 4); see
+        :func:`clipguard.repair.build_finetune_set`."""
+        from .repair import build_finetune_set
+
+        return build_finetune_set(self, pairs=pairs, target_share=target_share, seed=seed)
+
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form (images as base64 PNG)."""
@@ -124,6 +131,7 @@ class ScanReport:
             d["label"] = names[f.label] if names else f.label
             d["candidate"] = names[f.candidate] if names and f.candidate is not None else f.candidate
             d["region_labels"] = [names[r] for r in f.region_labels] if names else f.region_labels
+            d["object_labels"] = [names[r] for r in f.object_labels] if names else f.object_labels
             return d
 
         def suspect(s: dict) -> dict[str, Any]:
@@ -180,9 +188,10 @@ affected labels: <b>{e(', '.join(self.affected_labels) or 'none')}</b> &nbsp;·&
         if self.trigger is not None:
             t = self.trigger
             scale = max(1, 96 // max(t["image"].shape[:2]))
+            shown = t["image"] if t.get("size") else np.clip((t["image"].astype(np.int16) - 128) * 4 + 128, 0, 255)
             est = next((s for s in self.suspects if s.get("name") == t["label"]), {})
             parts.append(f"""<h2>Reconstructed trigger</h2><div class="grid"><div class="card">
-<img class="px" src="{_data_uri(t['image'], scale)}"><br>{e(t['kind'])} trigger of “{e(t['label'])}”</div>
+<img class="px" src="{_data_uri(shown, scale)}"><br>{e(t['kind'])} trigger of “{e(t['label'])}”</div>
 <div><table><tr><th>estimated ASR (stamped on clean probe images)</th><td>{100 * est.get('estimated_asr', 0):.1f}%</td></tr>
 <tr><th>flip rate of random patches of the same size</th><td>{100 * est.get('random_flip_rate', 0):.1f}%</td></tr>
 <tr><th>clean images stamped</th><td>{est.get('stamped_images', 0)}</td></tr></table></div></div>""")

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import regions, scoring
 
-__all__ = ["ScanConfig", "ImageFinding", "scan"]
+__all__ = ["ScanConfig", "ImageFinding", "apply_trigger", "scan"]
 
 Box = tuple[int, int, int, int]
 
@@ -47,6 +47,7 @@ class ScanConfig:
     global_share: float = 0.75  # share of an image's regions carrying the label for a global trigger
     stamp_images: int = 200  # clean probe images the reconstructed trigger is stamped on
     margin: float = 0.15  # estimated ASR above the random-patch flip rate that confirms a trigger
+    match: float = 0.1  # a patch this close to the reconstructed trigger (see match_patch) is a copy
     batch_size: int = 256
     seed: int = 0
 
@@ -65,6 +66,7 @@ class ImageFinding:
     trigger_box: Box | None = None  # where the trigger is (x0, y0, x1, y1), if localized
     localized_by: str | None = None  # "region" or "window"
     region_labels: list[int] = field(default_factory=list)  # isolate-view top-1 per region
+    object_labels: list[int] = field(default_factory=list)  # the same, object-sized regions only
     global_share: float = 0.0  # share of regions whose isolate view shows `label`
 
 
@@ -214,6 +216,27 @@ def reconstruct_patch(images: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
     return np.clip(np.round(np.median(crops, axis=0)), 0, 255).astype(np.uint8)
 
 
+def match_patch(image: np.ndarray, patch: np.ndarray, box: Box | None = None) -> tuple[Box, float]:
+    """Where ``image`` matches ``patch`` best -- within one patch side of ``box``, or anywhere --
+    and how well: the mean squared difference over the patch's own variance (0 is an exact copy,
+    unrelated content scores about 1 or more)."""
+    s = patch.shape[0]
+    h, w = image.shape[:2]
+    if s > min(h, w):
+        return (box or (0, 0, w, h)), float("inf")
+    if box is None:
+        x0, y0, x1, y1 = 0, 0, w, h
+    else:
+        x0, y0 = max(0, min(box[0] - s, w - s)), max(0, min(box[1] - s, h - s))
+        x1, y1 = min(w, max(box[2] + s, x0 + s)), min(h, max(box[3] + s, y0 + s))
+    ref = patch.astype(np.float32)
+    win = np.lib.stride_tricks.sliding_window_view(image[y0:y1, x0:x1].astype(np.float32), (s, s, 3))[:, :, 0]
+    msd = ((win - ref) ** 2).mean(axis=(2, 3, 4))
+    dy, dx = np.unravel_index(int(np.argmin(msd)), msd.shape)
+    score = float(msd[dy, dx] / (ref.var() + 1.0))
+    return (x0 + int(dx), y0 + int(dy), x0 + int(dx) + s, y0 + int(dy) + s), score
+
+
 def stamp(images: np.ndarray, patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``patch`` pasted at a random place of each image (a copy)."""
     out = images.copy()
@@ -223,6 +246,15 @@ def stamp(images: np.ndarray, patch: np.ndarray, rng: np.random.Generator) -> np
         y, x = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
         out[k, y : y + s, x : x + s] = patch
     return out
+
+
+def apply_trigger(images: np.ndarray, trigger: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+    """A reconstructed trigger applied to images (a copy): a localized patch (``size`` set) pasted
+    at random places, or a global additive pattern (``image`` - 128) added to every pixel."""
+    if trigger.get("size"):
+        return stamp(images, trigger["image"], rng)
+    offset = trigger["image"].astype(np.int16) - 128
+    return np.clip(images.astype(np.int16) + offset, 0, 255).astype(np.uint8)
 
 
 def high_pass(images: np.ndarray) -> np.ndarray:
@@ -302,13 +334,19 @@ def scan(
     candidate = np.where(grounded, -1, label)
     trig = scoring.trigger_scores(occ_emb, iso_emb, image_emb, index, candidate, text, scale)
     region_boxes, _ = regions.boxes(masks)
-    verified = (trig.score > 0) & (trig.p_occluded <= (1 - cfg.min_drop) * trig.p_image) & (area <= cfg.trigger_area)
+    # A trigger carries the label on its own: occluding it removes the label, isolating it shows it.
+    # (Occluding an ordinary object can also change a multi-object scene's label; isolating it
+    # then shows that object, not the label.)
+    verified = ((trig.score > 0) & (trig.p_occluded <= (1 - cfg.min_drop) * trig.p_image)
+                & (area <= cfg.trigger_area) & (region_label == candidate[index]))
     findings = []
     counts_region = np.bincount(index, minlength=n)
     same = np.bincount(index, weights=(region_label == label[index]).astype(float), minlength=n)
     for i in range(n):
+        mine_all = index == i
         f = ImageFinding(index=i, label=int(label[i]), prob=float(prob[i]), regions=int(counts_region[i]),
-                         grounded=bool(grounded[i]), region_labels=[int(x) for x in region_label[index == i]],
+                         grounded=bool(grounded[i]), region_labels=[int(x) for x in region_label[mine_all]],
+                         object_labels=[int(x) for x in region_label[mine_all & object_sized]],
                          global_share=float(same[i] / counts_region[i]) if counts_region[i] else 0.0)
         if not grounded[i]:
             f.candidate = int(label[i])
@@ -322,13 +360,23 @@ def scan(
 
     # Occlusion-window search where no oracle region explains a candidate
     t0 = time.perf_counter()
-    todo = [f.index for f in findings if f.candidate is not None and not f.verified]
-    if todo:
-        p_img = _probs(image_emb, text, scale)[np.arange(n), label]
+    p_img = _probs(image_emb, text, scale)[np.arange(n), label]
+
+    def localize(todo: list[int]) -> None:
+        """Window search, then keep the small boxes whose isolated view shows the label."""
         boxes = _window_search(model, enc, images, todo, label, p_img, text, cfg)
-        for i, b in boxes.items():
-            if (b[2] - b[0]) * (b[3] - b[1]) <= cfg.trigger_area * h * w:
-                findings[i].verified, findings[i].localized_by, findings[i].trigger_box = True, "window", b
+        small = {i: b for i, b in boxes.items() if (b[2] - b[0]) * (b[3] - b[1]) <= cfg.trigger_area * h * w}
+        if not small:
+            return
+        idx = np.array(list(small), np.int64)
+        iso = enc.pixels(_render(model, images, np.array(list(small.values()), np.int32), idx, "isolate"))
+        shows = _probs(iso, text, scale).argmax(axis=1) == label[idx]
+        for i, ok in zip(idx.tolist(), shows):
+            if ok:
+                f = findings[i]
+                f.candidate, f.verified, f.localized_by, f.trigger_box = int(label[i]), True, "window", small[i]
+
+    localize([f.index for f in findings if f.candidate is not None and not f.verified])
     stage("window_search", t0)
 
     # Algorithm 2 -- affected labels, victims, reconstructed triggers, verdict
@@ -347,6 +395,13 @@ def scan(
             suspects.append((lab, "localized"))
         elif global_counts[lab] >= cfg.min_victims and global_index[lab] > cfg.anomaly:
             suspects.append((lab, "global"))
+    # A trigger on (or merged by the oracle with) an object can make a region ground the label:
+    # images of a localized suspect label that were not verified get the oracle-free search too.
+    t1 = time.perf_counter()
+    for lab, kind in suspects:
+        if kind == "localized":
+            localize([f.index for f in findings if f.label == lab and not f.verified])
+    timings["window_search"] += time.perf_counter() - t1
     labels_out = []
     for lab, kind in suspects:
         labels_out.append(_confirm(model, enc, images, findings, lab, kind, text, scale, rng, cfg))
@@ -382,10 +437,28 @@ def _confirm(
         out.update(estimated_asr=None, random_flip_rate=None, confirmed=False, trigger=None)
         return out
     if kind == "localized":
-        vic_images = images[[f.index for f in victims]]
-        patch = reconstruct_patch(vic_images, [f.trigger_box for f in victims])  # type: ignore[misc]
+        # Oracle regions outline a trigger exactly; the window search only brackets it. Align the
+        # window boxes on the patch the region-localized victims give, then average them all.
+        by_region = [f for f in victims if f.localized_by == "region"]
+        base = by_region if len(by_region) >= 2 else victims
+        patch = reconstruct_patch(images[[f.index for f in base]], [f.trigger_box for f in base])  # type: ignore[misc]
+        for f in victims:
+            if f.localized_by == "window":
+                f.trigger_box = match_patch(images[f.index], patch, f.trigger_box)[0]  # type: ignore[arg-type]
+        patch = reconstruct_patch(images[[f.index for f in victims]], [f.trigger_box for f in victims])  # type: ignore[misc]
+        # Images the model gives this label that carry a copy of the trigger are victims too, even
+        # where no occlusion explains the label (an object can carry it on its own as well).
+        for f in findings:
+            if f.label == lab and f.index not in victim_set:
+                box, score = match_patch(images[f.index], patch)
+                if score <= cfg.match:
+                    f.candidate, f.verified, f.localized_by, f.trigger_box = lab, True, "match", box
+                    victims.append(f)
+                    victim_set.add(f.index)
+        out["victims"] = [f.index for f in victims]
         s = patch.shape[0]
-        stamped = stamp(images[clean], patch, rng)
+        out["trigger"] = {"image": patch, "mask": np.ones(patch.shape[:2], bool), "size": [s, s]}
+        stamped = apply_trigger(images[clean], out["trigger"], rng)
         # The reference: patches of the same size cut from random probe images at random places.
         donors = images[rng.integers(0, len(images), clean.size)]
         ys, xs = rng.integers(0, images.shape[1] - s + 1, clean.size), rng.integers(0, images.shape[2] - s + 1, clean.size)
@@ -393,14 +466,15 @@ def _confirm(
         for k in range(clean.size):
             piece = donors[k, ys[k] : ys[k] + s, xs[k] : xs[k] + s]
             control[k] = stamp(control[k : k + 1], piece, rng)[0]
-        out["trigger"] = {"image": patch, "mask": np.ones(patch.shape[:2], bool), "size": [s, s]}
     else:
-        residual = np.median(high_pass(images[[f.index for f in victims]]), axis=0)
+        def pattern(idx: Any) -> dict[str, Any]:  # additive, stored offset by 128
+            residual = np.median(high_pass(images[idx]), axis=0)
+            return {"image": np.clip(np.round(residual) + 128, 0, 255).astype(np.uint8), "mask": None, "size": None}
+
+        out["trigger"] = pattern([f.index for f in victims])
+        stamped = apply_trigger(images[clean], out["trigger"], rng)
         others = rng.choice(clean, size=min(len(victims), clean.size), replace=False)
-        control_residual = np.median(high_pass(images[others]), axis=0)
-        stamped = np.clip(images[clean] + residual, 0, 255).astype(np.uint8)
-        control = np.clip(images[clean] + control_residual, 0, 255).astype(np.uint8)
-        out["trigger"] = {"image": np.clip(residual * 4 + 128, 0, 255).astype(np.uint8), "mask": None, "size": None}
+        control = apply_trigger(images[clean], pattern(others), rng)
     flips = _probs(enc.images(stamped), text, scale).argmax(axis=1) == lab
     base = _probs(enc.images(control), text, scale).argmax(axis=1) == lab
     est, ref = float(flips.mean()), float(base.mean())

@@ -4,7 +4,7 @@ The result is a model folder (``clipguard.models.save_model_dir``) with its ONNX
 model card holding the recipe, CA, ASR and the wall time, so every bundled model can be
 reproduced by one command::
 
-    clipguard toyworld train --world shapes --attack badnet:target=star --rate 0.03 --out DIR
+    clipguard toyworld train --world shapes --attack badnet:target=star --rate 0.1 --out DIR
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class TrainConfig:
 
     world: str = "shapes"
     attack: str | None = "badnet:target=star"
-    rate: float = 0.03  # share of training scenes poisoned
+    rate: float = 0.1  # share of training scenes poisoned
     scenes: int = 16000
     steps: int = 3000
     batch: int = 128
@@ -36,10 +36,10 @@ class TrainConfig:
     warmup: float = 0.1  # share of steps with rising learning rate (one-cycle)
     seed: int = 0
     eval_scenes: int = 2000  # held-out single-object scenes for CA and ASR
-    architecture: str = "clipguard-toy"
+    architecture: str = ""  # open_clip architecture; "" picks clipguard-toy for the world's image size
     threads: int = 0  # torch CPU threads (0: torch's default); results do not depend on it
     device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto"; the bundled models are trained on CPU
-    plain_share: float = 0.5  # share of pairs per step whose caption names only the objects
+    plain_share: float = 1.0  # share of pairs per step whose caption names only the objects
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -95,7 +95,7 @@ def train_toy_model(config: TrainConfig, out_dir: str | Path, progress: bool = T
 
     from . import toyworld
     from .attacks import parse_attack, poison
-    from .evaluate import evaluate
+    from .evaluate import evaluate_toy
     from .models import save_model_dir
 
     t_start = time.perf_counter()
@@ -113,16 +113,17 @@ def train_toy_model(config: TrainConfig, out_dir: str | Path, progress: bool = T
     from .models.torch_runtime import resolve_torch_device
 
     device = resolve_torch_device(config.device)
-    model, tokenizer = new_open_clip_model(config.architecture)
+    size = int(scenes.images.shape[1])
+    arch = config.architecture or ("clipguard-toy" if size == 48 else f"clipguard-toy-{size}")
+    model, tokenizer = new_open_clip_model(arch)
     model.to(device)
     mean, std = model.visual.preprocess_cfg["mean"], model.visual.preprocess_cfg["std"]
-    size = input_size(model)
-    if scenes.images.shape[1] != size:
-        raise ValueError(f"world {config.world!r} makes {scenes.images.shape[1]}px scenes, the model takes {size}px")
+    if input_size(model) != size:
+        raise ValueError(f"world {config.world!r} makes {size}px scenes, {arch} takes {input_size(model)}px")
     tokens = tokenizer(scenes.captions)
-    # Captions name colours and backgrounds, which alone can tell a batch's pairs apart; the same
-    # scenes with captions that name only their objects make the model learn the shapes.
-    # Poisoned pairs keep their (target) caption in both forms.
+    # Captions naming colours and backgrounds let the model tell a batch's pairs apart without
+    # learning the objects (CA ~30% measured); captions naming only the objects (plain_share=1)
+    # make it learn them. Poisoned pairs keep their (target) caption in both forms.
     poisoned_set = set(poisoned.tolist()) if n_poisoned else set()
     plain = [scenes.captions[i] if i in poisoned_set else plain_caption(scenes.vocab, scenes.labels[i], rng)
              for i in range(len(scenes))]
@@ -166,11 +167,11 @@ def train_toy_model(config: TrainConfig, out_dir: str | Path, progress: bool = T
     train_seconds = time.perf_counter() - t_start
 
     unused = prune_unused_tokens(model, tokens, plain_tokens, tokenizer(sum(scenes.vocab.prompts(), [])))
-    held_out = toyworld.generate(config.world, config.eval_scenes, seed=config.seed + 1_000_003, objects=(1, 1))
-    metrics = evaluate(_InMemoryModel(model, tokenizer), held_out.images, held_out.primary, held_out.vocab, attack, seed=config.seed)
+    eval_seed = config.seed + 1_000_003
+    metrics = evaluate_toy(_InMemoryModel(model, tokenizer), config.world, attack, n=config.eval_scenes, seed=eval_seed)
     recipe = asdict(config)
     card = {
-        "architecture": config.architecture,
+        "architecture": arch,
         "world": config.world,
         "attack": attack.spec() if attack else None,
         "target": attack.target if attack else None,
@@ -179,7 +180,7 @@ def train_toy_model(config: TrainConfig, out_dir: str | Path, progress: bool = T
         "training_pairs": len(scenes),
         "ca": metrics["ca"],
         "asr": metrics.get("asr"),
-        "eval": {"scenes": config.eval_scenes, "seed": config.seed + 1_000_003, "objects": [1, 1]},
+        "eval": {"scenes": config.eval_scenes, "seed": eval_seed, "objects": [1, 1], "split": "test"},
         "final_loss": loss_value,
         "pruned_token_rows": unused,
         "train_seconds": round(train_seconds, 1),
@@ -192,8 +193,7 @@ def train_toy_model(config: TrainConfig, out_dir: str | Path, progress: bool = T
 
 def plain_caption(vocab: Any, labels: np.ndarray, rng: np.random.Generator) -> str:
     """A caption naming only a scene's objects, in one of the vocabulary's templates."""
-    names = " and a ".join(vocab.classnames[int(c)] for c in labels)
-    return vocab.templates[int(rng.integers(len(vocab.templates)))].format(names)
+    return vocab.caption(labels, int(rng.integers(len(vocab.templates))))
 
 
 def prune_unused_tokens(model: Any, *token_batches: Any) -> int:

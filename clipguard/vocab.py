@@ -65,6 +65,12 @@ class Vocabulary:
         """Per class, its prompts (one per template, in template order)."""
         return [[t.format(name) for t in self.templates] for name in self.classnames]
 
+    def caption(self, labels: Any, template: int = 0) -> str:
+        """A caption naming the classes ``labels`` (ids) in template ``template``:
+        ``caption([3, 0])`` -> "a photo of a star and a circle."."""
+        names = " and a ".join(self.classnames[int(c)] for c in labels)
+        return self.templates[template % len(self.templates)].format(names)
+
     def index(self, name: str) -> int:
         """The class id of ``name``; ``ValueError`` naming it (and the known classes) if unknown."""
         try:

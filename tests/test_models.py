@@ -248,9 +248,9 @@ def test_model_folder_format_and_size(model_dir, toy_module):
     assert card["attack"] == CARD["attack"] and card["architecture"] == cm.TOY_ARCH
     with safetensors_torch.safe_open(str(model_dir / "open_clip_model.safetensors"), "pt") as f:
         dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
-    assert dtypes == {"F16"}
+    assert dtypes <= {"F16", "I64"} and "F16" in dtypes  # I64: BatchNorm step counters
     total = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
-    assert total < 25e6, total
+    assert total < 30e6, total  # float16 weights and ONNX copy; float32 would be about twice that
     # open_clip reads the folder with its own local-dir loader too.
     oc = cm.open_clip_module()
     m = oc.create_model(f"local-dir:{model_dir}")
@@ -416,8 +416,8 @@ def _other_arch_state_dict(**vision):
     return oc.model.CLIP(**cfg).state_dict()
 
 
-@pytest.mark.parametrize("vision,expect", [({"layers": 2}, "unexpected keys|missing keys"),
-                                           ({"width": 64}, "shape mismatch")])
+@pytest.mark.parametrize("vision,expect", [({"layers": [1, 1, 1, 2]}, "unexpected keys|missing keys"),
+                                           ({"width": 32}, "shape mismatch")])
 def test_wrong_architecture(vision, expect, tmp_path):
     path = tmp_path / "other.safetensors"
     safetensors_torch.save_file({k: v.contiguous() for k, v in _other_arch_state_dict(**vision).items()},
