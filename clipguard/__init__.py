@@ -4,11 +4,11 @@
 imported by the modules that use them, when they are used.
 """
 
-from . import attacks, oracle, regions, scoring, toyworld
+from . import attacks, oracle, probe, regions, scoring, toyworld
 from ._backend import HAS_CUDA, available_backends, build_info
 from ._core import ClipguardError, __version__
 from .attacks import Attack, Triggered, parse_attack, poison
-from .evaluate import evaluate
+from .evaluate import evaluate, evaluate_toy
 from .models import (
     ClipModel,
     ModelLoadError,
@@ -18,6 +18,7 @@ from .models import (
     load_model,
     save_model_dir,
 )
+from .repair import FinetuneSet, RepairConfig, RepairResult, repair, save_repaired
 from .scan import ScanConfig, scan
 from .toyworld import Scenes
 from .vocab import Vocabulary
@@ -26,8 +27,11 @@ __all__ = [
     "Attack",
     "ClipModel",
     "ClipguardError",
+    "FinetuneSet",
     "HAS_CUDA",
     "ModelLoadError",
+    "RepairConfig",
+    "RepairResult",
     "ScanConfig",
     "Scenes",
     "Triggered",
@@ -40,12 +44,16 @@ __all__ = [
     "available_toy_models",
     "build_info",
     "evaluate",
+    "evaluate_toy",
     "export_onnx",
     "load_model",
     "parse_attack",
     "poison",
+    "probe",
     "regions",
+    "repair",
     "save_model_dir",
+    "save_repaired",
     "scan",
     "scoring",
     "toyworld",

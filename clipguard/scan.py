@@ -384,7 +384,7 @@ def scan(
     c = text.shape[0]
     totals = np.bincount(label, minlength=c).astype(float)
     local_counts = np.bincount([f.candidate for f in findings if f.verified], minlength=c).astype(float)
-    global_hits = [f.label for f in findings if f.regions >= 2 and f.global_share >= cfg.global_share]
+    global_hits = [f.label for f in findings if _global_hit(f, cfg)]
     global_counts = np.bincount(global_hits, minlength=c).astype(float) if global_hits else np.zeros(c)
     local_index = scoring.label_anomaly(local_counts, totals)
     global_index = scoring.label_anomaly(global_counts, totals)
@@ -419,6 +419,14 @@ def scan(
     )
 
 
+def _global_hit(f: ImageFinding, cfg: ScanConfig) -> bool:
+    """Evidence of a trigger no region explains: the label is ungrounded and no small region or
+    window removes it, or most regions on their own carry it (DESIGN §2.4)."""
+    unexplained = f.candidate is not None and not f.verified
+    hijacked = f.regions >= 2 and f.global_share >= cfg.global_share
+    return unexplained or hijacked
+
+
 def _confirm(
     model: Any, enc: _Encoder, images: np.ndarray, findings: list[ImageFinding], lab: int, kind: str,
     text: np.ndarray, scale: float, rng: np.random.Generator, cfg: ScanConfig,
@@ -428,7 +436,7 @@ def _confirm(
     if kind == "localized":
         victims = [f for f in findings if f.verified and f.candidate == lab]
     else:
-        victims = [f for f in findings if f.label == lab and f.regions >= 2 and f.global_share >= cfg.global_share]
+        victims = [f for f in findings if f.label == lab and _global_hit(f, cfg)]
     victim_set = {f.index for f in victims}
     clean = np.array([f.index for f in findings if f.label != lab and f.index not in victim_set], np.int64)
     clean = rng.permutation(clean)[: cfg.stamp_images]

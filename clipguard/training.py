@@ -269,7 +269,9 @@ def _cli_args(config: TrainConfig) -> list[str]:
     defaults = TrainConfig()
     for name in ("rate", "scenes", "steps", "batch", "lr", "seed"):
         value = getattr(config, name)
-        if value != getattr(defaults, name) or name in ("rate",):
+        if name == "rate" and not config.attack:
+            continue
+        if value != getattr(defaults, name) or name == "rate":
             args.append(f"--{name} {value}")
     args.append("--out DIR")
     return args
