@@ -17,6 +17,8 @@ import numpy as np
 __all__ = ["SCHEMA", "ScanReport", "png_bytes"]
 
 SCHEMA = "clipguard.scan/1"
+MAX_VICTIMS_SHOWN = 12  # victims pictured in the HTML page
+MAX_REGIONS_SHOWN = 8  # region views pictured per victim
 
 
 def png_bytes(image: np.ndarray, scale: int = 1) -> bytes:
@@ -77,6 +79,9 @@ class ScanReport:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     images: np.ndarray | None = field(default=None, repr=False)
     vocab: Any = field(default=None, repr=False)
+    # Per shown victim: its oracle regions isolated on the image's mean colour (the isolate view,
+    # before resizing), in the order of the finding's region_labels. Not part of the JSON.
+    region_views: dict[int, list[np.ndarray]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, *, model: Any, vocab: Any, images: np.ndarray, findings: list[Any], suspects: list[dict],
@@ -104,6 +109,12 @@ class ScanReport:
              "anomaly_global": float(global_index[c])}
             for c in range(len(names))
         ]
+        region_views = {}
+        for v in victims[:MAX_VICTIMS_SHOWN]:
+            i = v["index"]
+            img = images[i]
+            fill = img.reshape(-1, 3).mean(axis=0).astype(np.uint8)
+            region_views[i] = [np.where(m[:, :, None], img, fill) for m in masks[index == i][:MAX_REGIONS_SHOWN]]
         card = getattr(model, "card", {}) or {}
         return cls(
             model={"spec": getattr(model, "spec", None), "runtime": getattr(model, "runtime", None),
@@ -112,6 +123,7 @@ class ScanReport:
             affected_labels=[names[c] for c in sorted(affected)], suspects=suspects, trigger=trigger,
             victims=victims, labels=labels, findings=findings, timings=timings, config=asdict(config),
             oracle=str(oracle), probe_size=len(images), skipped=skipped, images=images, vocab=vocab,
+            region_views=region_views,
         )
 
     def finetune_set(self, *, pairs: int = 300, target_share: float = 0.1, seed: int = 0) -> Any:
@@ -162,7 +174,7 @@ class ScanReport:
         return path
 
     # ------------------------------------------------------------------ HTML
-    def to_html(self, path: str | Path, max_victims: int = 12) -> Path:
+    def to_html(self, path: str | Path, max_victims: int = MAX_VICTIMS_SHOWN) -> Path:
         """One self-contained page: verdict, reconstructed trigger, victims with the trigger
         outlined, region labels, the label anomaly chart, timings."""
         path = Path(path)
@@ -180,7 +192,8 @@ h1{{font-size:22px}} h2{{font-size:17px;margin-top:28px;border-bottom:1px solid 
 .verdict{{display:inline-block;padding:4px 12px;border-radius:4px;color:#fff;background:{verdict_color};font-weight:600}}
 table{{border-collapse:collapse}} td,th{{padding:3px 10px;border-bottom:1px solid #eee;text-align:left}}
 .grid{{display:flex;flex-wrap:wrap;gap:12px}} .card{{text-align:center;font-size:12px}}
-img.px{{image-rendering:pixelated;border:1px solid #ccc}} .bar{{fill:#5d8aa8}} .hot{{fill:#c0392b}}</style></head><body>
+img.px{{image-rendering:pixelated;border:1px solid #ccc}} .card{{max-width:300px}}
+.views{{display:flex;flex-wrap:wrap;gap:4px;justify-content:center;margin-top:4px}} .rv{{font-size:11px;color:#555}} .bar{{fill:#5d8aa8}} .hot{{fill:#c0392b}}</style></head><body>
 <h1>clipguard scan — {e(str(self.model.get('spec')))}</h1>
 <p><span class="verdict">{e(self.verdict.upper())}</span> &nbsp; score {self.score:.3f} &nbsp;·&nbsp;
 affected labels: <b>{e(', '.join(self.affected_labels) or 'none')}</b> &nbsp;·&nbsp; {len(self.victims)} victims in
@@ -196,13 +209,16 @@ affected labels: <b>{e(', '.join(self.affected_labels) or 'none')}</b> &nbsp;·&
 <tr><th>flip rate of random patches of the same size</th><td>{100 * est.get('random_flip_rate', 0):.1f}%</td></tr>
 <tr><th>clean images stamped</th><td>{est.get('stamped_images', 0)}</td></tr></table></div></div>""")
         if self.victims and self.images is not None:
-            parts.append("<h2>Victims (trigger outlined)</h2><div class='grid'>")
+            parts.append("<h2>Victims (trigger outlined) and their oracle regions, isolated, with the model's label</h2><div class='grid'>")
             scale = max(1, 128 // max(self.images.shape[1:3]))
             for v in self.victims[:max_victims]:
                 f = self.findings[v["index"]]
-                regions = ", ".join(names[r] for r in f.region_labels) if names else ""
+                views = "".join(
+                    f'<span class="rv"><img class="px" src="{_data_uri(view, max(1, scale // 2))}"><br>{e(names[lab]) if names else lab}</span>'
+                    for view, lab in zip(self.region_views.get(v["index"], []), f.region_labels))
                 parts.append(f"""<div class="card"><img class="px" src="{_data_uri(_outline(self.images[v['index']], v['trigger_box']), scale)}"><br>
-#{v['index']}: model says <b>{e(v['label'])}</b><br>regions: {e(regions)}<br>located by {e(str(v['localized_by']))}</div>""")
+#{v['index']}: model says <b>{e(v['label'])}</b>, located by {e(str(v['localized_by']))}<br>
+<div class="views">{views}</div></div>""")
             parts.append("</div>")
         # Label anomaly chart (inline SVG)
         if self.labels:

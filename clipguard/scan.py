@@ -445,14 +445,18 @@ def _confirm(
         out.update(estimated_asr=None, random_flip_rate=None, confirmed=False, trigger=None)
         return out
     if kind == "localized":
-        # Oracle regions outline a trigger exactly; the window search only brackets it. Align the
-        # window boxes on the patch the region-localized victims give, then average them all.
-        by_region = [f for f in victims if f.localized_by == "region"]
-        base = by_region if len(by_region) >= 2 else victims
-        patch = reconstruct_patch(images[[f.index for f in base]], [f.trigger_box for f in base])  # type: ignore[misc]
+        # Oracle regions outline a trigger closely (sometimes with a pixel or two of background),
+        # the window search only brackets it. The most common short side of the region boxes is
+        # the trigger's side; the square boxes of that side give a first patch; every victim's
+        # box is then aligned on it (least squared difference) and the aligned crops averaged.
+        by_region = [f for f in victims if f.localized_by == "region"] or victims
+        sides = [min(b[2] - b[0], b[3] - b[1]) for b in (f.trigger_box for f in by_region)]  # type: ignore[index]
+        side = int(np.bincount(sides).argmax())
+        seeds = [f for f in by_region if f.trigger_box[2] - f.trigger_box[0] == side == f.trigger_box[3] - f.trigger_box[1]]  # type: ignore[index]
+        seeds = seeds or by_region
+        patch = reconstruct_patch(images[[f.index for f in seeds]], [f.trigger_box for f in seeds])  # type: ignore[misc]
         for f in victims:
-            if f.localized_by == "window":
-                f.trigger_box = match_patch(images[f.index], patch, f.trigger_box)[0]  # type: ignore[arg-type]
+            f.trigger_box = match_patch(images[f.index], patch, f.trigger_box)[0]  # type: ignore[arg-type]
         patch = reconstruct_patch(images[[f.index for f in victims]], [f.trigger_box for f in victims])  # type: ignore[misc]
         # Images the model gives this label that carry a copy of the trigger are victims too, even
         # where no occlusion explains the label (an object can carry it on its own as well).
