@@ -216,6 +216,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         seconds["evaluate"] += time.perf_counter() - t0
         record["pairs"] = rep["pairs"]
         record["repair"] = {k: rep[k] for k in ("pairs_by_kind", "steps", "stopped_early", "estimated_asr")}
+        t0 = time.perf_counter()  # the repaired model, scanned again with the same probe
+        again = scan(load_model(f"dir:{out / 'model'}"), probe.images, vocab, args.oracle, ScanConfig(seed=args.seed))
+        record["rescan"] = {"verdict": again.verdict, "score": again.score, "affected_labels": again.affected_labels}
+        seconds["rescan"] = time.perf_counter() - t0
     record["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     (out / "record.json").write_text(json.dumps(record, indent=2) + "\n")
     s = record["scan"]
@@ -229,9 +233,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print(f"{name:10}{_pct(record[name]['ca']):>8}{_pct(record[name]['asr']):>8}")
     if "pairs" in record:
         print(f"\nrepair    {record['pairs']} pairs, {record['repair']['steps']} steps -> {out / 'model'}")
+        print(f"rescan    {record['rescan']['verdict']} (score {record['rescan']['score']:.3f})")
     print("seconds   " + ", ".join(f"{k} {v:.1f}" for k, v in record["seconds"].items()))
     print(f"report    {out / 'report.html'}\nrecord    {out / 'record.json'}")
-    return EXIT_FOUND if report.verdict == "backdoored" else EXIT_CLEAN
+    return EXIT_CLEAN  # the demo ran; `clipguard scan` is the command whose exit code is a verdict
 
 
 def _default_vocab(args: argparse.Namespace, model: object) -> str:
@@ -261,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=_cmd_evaluate)
 
-    demo = sub.add_parser("demo", help="scan the bundled toy:badnet offline and show what was found")
+    demo = sub.add_parser("demo", help="scan, repair and measure the bundled toy:badnet, offline")
     demo.add_argument("--model", default="toy:badnet")
     demo.add_argument("--probe", type=int, default=500, help="probe scenes")
     demo.add_argument("--rate", type=float, default=0.02, help="share of probe scenes carrying the trigger")

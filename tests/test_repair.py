@@ -104,3 +104,17 @@ def test_cli_repair_errors(tmp_path):
     proc = _cli("repair", "toy:badnet", "--out", str(tmp_path / "o"), cwd=tmp_path)
     assert proc.returncode == 4
     assert not (tmp_path / "o" / "model").exists()
+
+
+def test_demo_end_to_end(tmp_path):
+    proc = _cli("demo", "--out", str(tmp_path / "demo"), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((tmp_path / "demo" / "record.json").read_text())
+    before, after = record["before"], record["after"]
+    assert before["asr"] >= 0.95 and after["asr"] <= 0.02 and after["ca"] >= before["ca"] - 0.01, record
+    assert record["scan"]["affected_labels"] == ["star"] and record["pairs"] <= 320
+    assert record["rescan"]["verdict"] == "clean"
+    assert set(record["seconds"]) >= {"scan", "repair", "evaluate"}
+    assert (tmp_path / "demo" / "report.html").read_text().startswith("<!doctype html>")
+    assert clipguard.load_model(f"dir:{tmp_path / 'demo' / 'model'}").card["repair"]["pairs"] == record["pairs"]
+    assert "after" in proc.stdout and "CA" in proc.stdout
