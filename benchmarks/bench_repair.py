@@ -36,14 +36,15 @@ def clean_set(world: str, n: int, seed: int) -> FinetuneSet:
                        holdout=scenes.images[:0])
 
 
-def row(name: str, method: str, model: object, attack: str, pairs: int, seconds: float, args) -> dict:
-    r = evaluate_toy(model, "shapes", attack, n=args.eval, seed=1)
+def row(name: str, method: str, model: object, card: dict, pairs: int, seconds: float, args) -> dict:
+    r = evaluate_toy(model, card["world"], card["attack"], n=args.eval, seed=1)
     return {"model": name, "method": method, "ca": r["ca"], "asr": r["asr"], "pairs": pairs, "seconds": seconds}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["badnet", "blended"])
+    parser.add_argument("--models", nargs="+", default=["badnet", "blended"],
+                        help="bundled names (toy:NAME) or model specs such as dir:PATH")
     parser.add_argument("--steps", type=int, default=300, help="fine-tuning steps (CleanCLIP: all of them)")
     parser.add_argument("--eval", type=int, default=2000, help="held-out scenes for CA and ASR")
     parser.add_argument("--probe", type=int, default=500)
@@ -51,15 +52,16 @@ def main() -> None:
     print(f"# {machine()}")
     rows = []
     for name in args.models:
-        spec = f"toy:{name}"
+        spec = name if ":" in name else f"toy:{name}"
         onnx_model = clipguard.load_model(spec)
         card = onnx_model.card
-        rows.append(row(name, "no defense", onnx_model, card["attack"], 0, 0.0, args))
+        name = f"{name} ({card['world']}, {card['attack'].split(',')[0]})"
+        rows.append(row(name, "no defense", onnx_model, card, 0, 0.0, args))
         full = int(round(0.2 * card["training_pairs"]))
         for n in (full, full // 10):
             t0 = time.perf_counter()
             res = repair(spec, clean_set(card["world"], n, seed=7), RepairConfig(steps=args.steps, keep=0.0), progress=False)
-            rows.append(row(name, f"CleanCLIP-style, {n} clean pairs", res.model, card["attack"], n,
+            rows.append(row(name, f"CleanCLIP-style, {n} clean pairs", res.model, card, n,
                             time.perf_counter() - t0, args))
         t0 = time.perf_counter()
         probe = load_probe(f"toy:{card['world']}:{args.probe}:0.02", onnx_model, seed=0)
@@ -69,7 +71,7 @@ def main() -> None:
             continue
         fset = report.finetune_set()
         res = repair(spec, fset, RepairConfig(steps=args.steps), progress=False)
-        rows.append(row(name, "clipguard (scan + targeted repair)", res.model, card["attack"], len(fset),
+        rows.append(row(name, "clipguard (scan + targeted repair)", res.model, card, len(fset),
                         time.perf_counter() - t0, args))
         for r in rows[-4:]:
             print(r, flush=True)
