@@ -324,10 +324,7 @@ def repair(model: Any, finetune_set: FinetuneSet, config: RepairConfig | None = 
     original = _torch_model(model, cfg.device)
     repaired = copy.copy(original)
     repaired.torch_module = copy.deepcopy(original.torch_module)
-    module, ref_module = repaired.torch_module, original.torch_module
-    ref_module.eval()
-    for p in ref_module.parameters():
-        p.requires_grad_(False)
+    module = repaired.torch_module  # the original is only run without gradients
     device = repaired.device
     vocab = finetune_set.vocab
     affected = [vocab.index(a) for a in finetune_set.affected]

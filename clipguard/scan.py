@@ -64,7 +64,7 @@ class ImageFinding:
     candidate: int | None = None  # ungrounded label
     verified: bool = False  # occluding some region or window removes the candidate
     trigger_box: Box | None = None  # where the trigger is (x0, y0, x1, y1), if localized
-    localized_by: str | None = None  # "region" or "window"
+    localized_by: str | None = None  # "region", "window" or "match" (a copy of the reconstructed patch)
     region_labels: list[int] = field(default_factory=list)  # isolate-view top-1 per region
     object_labels: list[int] = field(default_factory=list)  # the same, object-sized regions only
     global_share: float = 0.0  # share of regions whose isolate view shows `label`

@@ -118,3 +118,14 @@ def test_demo_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "report.html").read_text().startswith("<!doctype html>")
     assert clipguard.load_model(f"dir:{tmp_path / 'demo' / 'model'}").card["repair"]["pairs"] == record["pairs"]
     assert "after" in proc.stdout and "CA" in proc.stdout
+
+
+def test_cli_scan_then_repair(tmp_path):
+    proc = _cli("scan", "toy:badnet", "--probe", "toy:shapes:300:0.03", "--out", str(tmp_path / "s"), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 1 and (tmp_path / "s" / "finetune_set.npz").is_file(), proc.stderr
+    proc = _cli("repair", "toy:badnet", "--scan", str(tmp_path / "s"), "--out", str(tmp_path / "r"), "--quiet",
+                "--steps", "60", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((tmp_path / "r" / "record.json").read_text())
+    assert record["after"]["asr"] < record["before"]["asr"] and record["steps"] <= 60
+    assert (tmp_path / "r" / "model" / "onnx" / "image.onnx").is_file() and "repaired toy:badnet" in proc.stdout
