@@ -49,7 +49,7 @@ from _common import machine, reference
 import clipguard
 from clipguard import toyworld
 from clipguard.probe import load_probe
-from clipguard.scan import ImageFinding, ScanConfig, _confirm, _Encoder, _global_hit, _probs, _window_search
+from clipguard.scan import ImageFinding, ScanConfig, _confirm, _Encoder, _probs, _window_search, select_suspects
 
 # The module (the package's `clipguard.scan` attribute is the function of the same name).
 scan_mod = importlib.import_module("clipguard.scan")
@@ -219,20 +219,8 @@ def reference_scan(model: Any, images: np.ndarray, vocab: Any, oracle: Any, cfg:
 
     with timed_render(clock):
         localize([f.index for f in findings if f.candidate is not None and not f.verified])
-        c = text.shape[0]
-        totals = np.bincount(labels, minlength=c).astype(float)
-        local_counts = np.bincount([f.candidate for f in findings if f.verified], minlength=c).astype(float)
-        global_hits = [f.label for f in findings if _global_hit(f, cfg)]
-        global_counts = np.bincount(global_hits, minlength=c).astype(float) if global_hits else np.zeros(c)
-        local_index = reference.label_anomaly(local_counts, totals)
-        global_index = reference.label_anomaly(global_counts, totals)
+        suspects, _ = select_suspects(findings, labels, text.shape[0], cfg, anomaly=reference.label_anomaly)
         rng = np.random.default_rng(cfg.seed)
-        suspects = []
-        for lab in range(c):
-            if local_counts[lab] >= cfg.min_victims and local_index[lab] > cfg.anomaly:
-                suspects.append((lab, "localized"))
-            elif global_counts[lab] >= cfg.min_victims and global_index[lab] > cfg.anomaly:
-                suspects.append((lab, "global"))
         for lab, kind in suspects:
             if kind == "localized":
                 localize([f.index for f in findings if f.label == lab and not f.verified])

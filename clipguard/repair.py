@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .scan import apply_trigger, stamp
+from .scan import apply_trigger, random_patches
 
 __all__ = ["FinetuneSet", "RepairConfig", "RepairResult", "build_finetune_set", "repair", "save_repaired"]
 
@@ -283,12 +283,7 @@ def estimated_asr(model: Any, images: np.ndarray, trigger: dict[str, Any] | None
     stamped = apply_trigger(images, trigger, rng)
     control = images
     if trigger.get("size"):
-        s = int(trigger["size"][0])
-        h, w = images.shape[1:3]
-        donors = images[rng.integers(0, len(images), len(images))]
-        ys, xs = rng.integers(0, h - s + 1, len(images)), rng.integers(0, w - s + 1, len(images))
-        pieces = np.stack([d[y : y + s, x : x + s] for d, y, x in zip(donors, ys, xs)])
-        control = np.stack([stamp(images[k : k + 1], pieces[k], rng)[0] for k in range(len(images))])
+        control = random_patches(images, images, int(trigger["size"][0]), rng)
     pred = (model.encode_images(np.concatenate([stamped, control])) @ text.T).argmax(axis=1)
     hit = np.isin(pred, affected)
     return float(hit[: len(images)].mean()), float(hit[len(images) :].mean())

@@ -248,6 +248,17 @@ def stamp(images: np.ndarray, patch: np.ndarray, rng: np.random.Generator) -> np
     return out
 
 
+def random_patches(images: np.ndarray, donors: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
+    """The control of a patch trigger: each image (a copy) with an ``s``-px patch cut from a
+    random place of a random ``donors`` image pasted at a random place."""
+    pick = donors[rng.integers(0, len(donors), len(images))]
+    ys, xs = rng.integers(0, donors.shape[1] - s + 1, len(images)), rng.integers(0, donors.shape[2] - s + 1, len(images))
+    out = images.copy()
+    for k in range(len(images)):
+        out[k] = stamp(out[k : k + 1], pick[k, ys[k] : ys[k] + s, xs[k] : xs[k] + s], rng)[0]
+    return out
+
+
 def apply_trigger(images: np.ndarray, trigger: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
     """A reconstructed trigger applied to images (a copy): a localized patch (``size`` set) pasted
     at random places, or a global additive pattern (``image`` - 128) added to every pixel."""
@@ -381,20 +392,8 @@ def scan(
 
     # Algorithm 2 -- affected labels, victims, reconstructed triggers, verdict
     t0 = time.perf_counter()
-    c = text.shape[0]
-    totals = np.bincount(label, minlength=c).astype(float)
-    local_counts = np.bincount([f.candidate for f in findings if f.verified], minlength=c).astype(float)
-    global_hits = [f.label for f in findings if _global_hit(f, cfg)]
-    global_counts = np.bincount(global_hits, minlength=c).astype(float) if global_hits else np.zeros(c)
-    local_index = scoring.label_anomaly(local_counts, totals)
-    global_index = scoring.label_anomaly(global_counts, totals)
+    suspects, stats = select_suspects(findings, label, text.shape[0], cfg)
     rng = np.random.default_rng(cfg.seed)
-    suspects = []
-    for lab in range(c):
-        if local_counts[lab] >= cfg.min_victims and local_index[lab] > cfg.anomaly:
-            suspects.append((lab, "localized"))
-        elif global_counts[lab] >= cfg.min_victims and global_index[lab] > cfg.anomaly:
-            suspects.append((lab, "global"))
     # A trigger on (or merged by the oracle with) an object can make a region ground the label:
     # images of a localized suspect label that were not verified get the oracle-free search too.
     t1 = time.perf_counter()
@@ -413,11 +412,31 @@ def scan(
     timings["encode_seconds"] = enc.seconds
     return ScanReport.build(
         model=model, vocab=vocab, images=images, findings=findings, suspects=labels_out,
-        local_index=local_index, global_index=global_index, local_counts=local_counts,
-        global_counts=global_counts, totals=totals, timings=timings, config=cfg,
+        **stats, timings=timings, config=cfg,
         oracle=oracle if isinstance(oracle, str) else getattr(oracle, "spec", type(oracle).__name__),
         skipped=list(skipped), masks=masks, index=index,
     )
+
+
+def select_suspects(findings: list[ImageFinding], label: np.ndarray, c: int, cfg: ScanConfig,
+                    anomaly: Callable[[np.ndarray, np.ndarray], np.ndarray] = scoring.label_anomaly,
+                    ) -> tuple[list[tuple[int, str]], dict[str, np.ndarray]]:
+    """Algorithm 2's suspects: ``(label, "localized" | "global")`` for every label whose
+    verified-candidate (or global-hit) rate is an anomaly, and the per-label statistics."""
+    totals = np.bincount(label, minlength=c).astype(float)
+    local_counts = np.bincount([f.candidate for f in findings if f.verified], minlength=c).astype(float)
+    global_hits = [f.label for f in findings if _global_hit(f, cfg)]
+    global_counts = np.bincount(global_hits, minlength=c).astype(float) if global_hits else np.zeros(c)
+    local_index, global_index = anomaly(local_counts, totals), anomaly(global_counts, totals)
+    suspects = []
+    for lab in range(c):
+        if local_counts[lab] >= cfg.min_victims and local_index[lab] > cfg.anomaly:
+            suspects.append((lab, "localized"))
+        elif global_counts[lab] >= cfg.min_victims and global_index[lab] > cfg.anomaly:
+            suspects.append((lab, "global"))
+    stats = {"totals": totals, "local_counts": local_counts, "global_counts": global_counts,
+             "local_index": local_index, "global_index": global_index}
+    return suspects, stats
 
 
 def _global_hit(f: ImageFinding, cfg: ScanConfig) -> bool:
@@ -473,12 +492,7 @@ def _confirm(
         out["trigger"] = {"image": patch, "mask": np.ones(patch.shape[:2], bool), "size": [s, s]}
         stamped = apply_trigger(images[clean], out["trigger"], rng)
         # The reference: patches of the same size cut from random probe images at random places.
-        donors = images[rng.integers(0, len(images), clean.size)]
-        ys, xs = rng.integers(0, images.shape[1] - s + 1, clean.size), rng.integers(0, images.shape[2] - s + 1, clean.size)
-        control = images[clean].copy()
-        for k in range(clean.size):
-            piece = donors[k, ys[k] : ys[k] + s, xs[k] : xs[k] + s]
-            control[k] = stamp(control[k : k + 1], piece, rng)[0]
+        control = random_patches(images[clean], images, s, rng)
     else:
         def pattern(idx: Any) -> dict[str, Any]:  # additive, stored offset by 128
             residual = np.median(high_pass(images[idx]), axis=0)
