@@ -5,19 +5,20 @@ would write it (a per-image Python loop, per-region OpenCV/NumPy views, PyTorch 
 same run, with the time split by stage.
 
     python benchmarks/bench_scan.py [--probe 500] [--rate 0.02] [--oracle classical] [--repeat 1]
-                                    [--threads N] [--per-image-window]
+                                    [--threads N] [--batched-window]
 
 Both paths scan the bundled ``toy:badnet`` with the probe ``toy:shapes:N:RATE`` and the same oracle
 object. The reference does Algorithm 1 itself, image by image: the whole-image label (torch, one
-image), the oracle's masks (one image per call), isolate and occlude views rendered region by
-region (``tests/reference.py``: NumPy fill, ``cv2.resize``), the region embeddings (torch, one
+image), the oracle's masks (one image per call), isolate views, occlude views (images with a
+candidate) and the background view rendered region by region (``tests/reference.py``: NumPy fill, ``cv2.resize``), the region embeddings (torch, one
 image's regions per call), region labels, grounding, trigger scores and the verification rule of
 ``clipguard/scan.py`` in NumPy. The occlusion-window search and Algorithm 2 (anomaly index,
-confirmation) are not what the native core and the batching speed up: there the reference runs
-the package's own code (``_window_search``, ``_confirm``) with its torch-eager encoder, the window
-search batched over the images as ``scan()`` does (``--per-image-window``: one image at a time, as
-a per-image loop would); "Algorithm 1 alone" compares the stages before it. Per image,
-the whole-image label, grounding, region labels and the region-verified flag (and, after the
+confirmation) run the package's own code (``_window_search``, ``_confirm``) with the reference's
+torch-eager encoder, the window search one image at a time as a per-image loop does
+(``--batched-window``: batched over the images as ``scan()`` does, a stricter reference that
+shares the batching); "Algorithm 1 alone" compares the stages before it. Per image,
+the whole-image label, grounding, region labels, the background view's verdict and the
+region-verified flag (and, after the
 window search and Algorithm 2, the final verified flag) are asserted equal up to 0.5% of the
 images (ONNX Runtime and PyTorch differ by ~1e-6, which can flip an argmax tie or a threshold);
 the verdict and the affected labels exactly.
@@ -135,7 +136,7 @@ def fast_scan(model: Any, images: np.ndarray, vocab: Any, oracle: Any, cfg: Scan
 
 
 def reference_scan(model: Any, images: np.ndarray, vocab: Any, oracle: Any, cfg: ScanConfig,
-                   per_image_window: bool = False) -> tuple[dict, dict]:
+                   per_image_window: bool = True) -> tuple[dict, dict]:
     """The same scan written plainly (see the module docstring); its findings, suspects and
     Algorithm 1 snapshot, and its time per stage. ``per_image_window``: run the window search one
     image at a time (as a per-image loop would) instead of batched over the images as scan() does."""
@@ -160,10 +161,8 @@ def reference_scan(model: Any, images: np.ndarray, vocab: Any, oracle: Any, cfg:
         clock["scoring"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         iso = reference.render(image, masks, zero, "isolate", size, mean, std, "mean")
-        occ = reference.render(image, masks, zero, "occlude", size, mean, std, "mean")
         clock["render"] += time.perf_counter() - t0
         iso_emb = model.encode_pixels(iso) if len(masks) else np.zeros((0, text.shape[1]), np.float32)
-        occ_emb = model.encode_pixels(occ) if len(masks) else np.zeros((0, text.shape[1]), np.float32)
         t0 = time.perf_counter()
         p = reference.probabilities(emb, text, scale)[0]
         label = int(np.argmax(p))  # ties to the lower index, as the native compare
@@ -171,17 +170,31 @@ def reference_scan(model: Any, images: np.ndarray, vocab: Any, oracle: Any, cfg:
         region_label = reference.compare(iso_emb, emb, zero, text, scale, 1)[0][:, 0]
         object_sized = (area >= cfg.object_area) & (area <= cfg.background_area)
         grounded = bool((object_sized & (region_label == label)).any())
-        candidate = -1 if grounded else label
-        p_image, p_occ, _, _, _, score = reference.trigger_scores(
-            occ_emb, iso_emb, emb, zero, np.array([candidate]), text, scale)
-        with np.errstate(invalid="ignore"):  # NaN probabilities where the image has no candidate
+        clock["scoring"] += time.perf_counter() - t0
+        verified = np.zeros(len(masks), bool)
+        if not grounded and len(masks):  # occluded views only where they can verify a candidate
+            t0 = time.perf_counter()
+            occ = reference.render(image, masks, zero, "occlude", size, mean, std, "mean")
+            clock["render"] += time.perf_counter() - t0
+            occ_emb = model.encode_pixels(occ)
+            t0 = time.perf_counter()
+            p_image, p_occ, _, _, _, score = reference.trigger_scores(
+                occ_emb, iso_emb, emb, zero, np.array([label]), text, scale)
             verified = ((score > 0) & (p_occ <= (1 - cfg.min_drop) * p_image)
-                        & (area <= cfg.trigger_area) & (region_label == candidate))
+                        & (area <= cfg.trigger_area) & (region_label == label))
+            clock["scoring"] += time.perf_counter() - t0
+        t0 = time.perf_counter()  # the background view: every region occluded at once
+        union = masks.any(axis=0, keepdims=True) if len(masks) else np.zeros((1, h, w), bool)
+        background = reference.render(image, union, np.zeros(1, np.int64), "occlude", size, mean, std, "mean")
+        clock["render"] += time.perf_counter() - t0
+        bg_emb = model.encode_pixels(background)
+        t0 = time.perf_counter()
         same = region_label == label
         f = ImageFinding(index=i, label=label, prob=float(p[label]), regions=len(masks), grounded=grounded,
                          region_labels=[int(x) for x in region_label],
                          object_labels=[int(x) for x in region_label[object_sized]],
-                         global_share=float(same.mean()) if len(masks) else 0.0)
+                         global_share=float(same.mean()) if len(masks) else 0.0,
+                         background_holds=bool(np.argmax(reference.probabilities(bg_emb, text, scale)[0]) == label))
         if not grounded:
             f.candidate = label
             if verified.any():
@@ -235,14 +248,14 @@ def reference_scan(model: Any, images: np.ndarray, vocab: Any, oracle: Any, cfg:
 
 
 def compare_findings(report: Any, ref: dict) -> tuple[list[int], list[int]]:
-    """Images whose Algorithm 1 results differ (label, grounding, region labels, region-verified
-    flag), and those whose final verified flag differs."""
+    """Images whose Algorithm 1 results differ (label, grounding, region labels, background view,
+    region-verified flag), and those whose final verified flag differs."""
     alg1, final = [], []
     for f, g, g_region in zip(report.findings, ref["findings"], ref["region_verified"]):
         # A region-verified finding is never changed after Algorithm 1 (the window search and the
         # copy matching only touch unverified ones), so localized_by == "region" is its flag.
-        if (f.label, f.grounded, f.region_labels, f.localized_by == "region") != (
-                g.label, g.grounded, g.region_labels, g_region):
+        if (f.label, f.grounded, f.region_labels, f.background_holds, f.localized_by == "region") != (
+                g.label, g.grounded, g.region_labels, g.background_holds, g_region):
             alg1.append(f.index)
         if (f.verified, f.candidate) != (g.verified, g.candidate):
             final.append(f.index)
@@ -261,8 +274,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each path; the fastest is shown")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="threads of the native kernels, the oracle, ONNX Runtime and torch")
-    parser.add_argument("--per-image-window", action="store_true",
-                        help="the reference runs the window search one image at a time")
+    parser.add_argument("--batched-window", action="store_true",
+                        help="the reference batches the window search over the images, as scan() does")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     os.environ["CLIPGUARD_NUM_THREADS"] = str(args.threads)  # read at each native call
@@ -285,10 +298,10 @@ def main() -> None:
 
     # One untimed warm-up of each path on a few images (first calls of ORT, torch, OpenCV).
     fast_scan(fast_model, images[:16], vocab, oracle, cfg)
-    reference_scan(torch_model, images[:16], vocab, oracle, cfg, args.per_image_window)
+    reference_scan(torch_model, images[:16], vocab, oracle, cfg, not args.batched_window)
 
     report, tf = best([fast_scan(fast_model, images, vocab, oracle, cfg) for _ in range(args.repeat)])
-    ref, tr = best([reference_scan(torch_model, images, vocab, oracle, cfg, args.per_image_window)
+    ref, tr = best([reference_scan(torch_model, images, vocab, oracle, cfg, not args.batched_window)
                     for _ in range(args.repeat)])
 
     alg1, final = compare_findings(report, ref)
@@ -299,7 +312,7 @@ def main() -> None:
           f"{args.threads} threads, load average {load:.2f} before the run; {machine()}")
     print("# fast: clipguard.scan (ONNX Runtime, batched native render/compare/trigger scores); reference: "
           "per-image loop, per-region OpenCV/NumPy views, PyTorch eager,")
-    window = "one image at a time" if args.per_image_window else "batched over the images as in scan()"
+    window = "batched over the images as in scan()" if args.batched_window else "one image at a time"
     print(f"# the window search ({window}) and Algorithm 2 with the package's code and the torch encoder in the "
           f"reference; best of {args.repeat}, after a warm-up on 16 images")
     print("# stages in seconds: oracle, encoder = model stages; render, scoring, other = non-model")
@@ -321,7 +334,7 @@ def main() -> None:
     fast_conf = sorted((s["label"], s["kind"], s.get("confirmed")) for s in report.suspects)
     ref_conf = sorted((s["label"], s["kind"], s.get("confirmed")) for s in ref["suspects"])
     ref_verdict = "backdoored" if ref["affected"] else "clean"
-    print(f"# agreement: Algorithm 1 (label, grounded, region labels, region-verified) differs on {len(alg1)} "
+    print(f"# agreement: Algorithm 1 (label, grounded, region labels, background view, region-verified) differs on {len(alg1)} "
           f"of {n} images, the final verified flag on {len(final)} (allowed: {allowed} each); verdict "
           f"{report.verdict} / {ref_verdict}, affected labels {report.affected_labels} / {ref['affected']}")
     assert len(alg1) <= allowed, f"Algorithm 1 differs on images {alg1[:20]}"

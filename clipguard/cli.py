@@ -174,8 +174,8 @@ def _pct(x: float | None) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """Scan the bundled toy:badnet, repair it on the compact set the scan builds, and measure
-    CA and ASR before and after, offline."""
+    """Scan a bundled toy model (toy:badnet by default), repair it on the compact set the scan
+    builds, and measure CA and ASR before and after, offline."""
     import time
     from pathlib import Path
 
@@ -188,8 +188,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     model = load_model(args.model)
-    probe = load_probe(f"toy:shapes:{args.probe}:{args.rate}", model, seed=args.seed)
-    vocab = toyworld.vocabulary("shapes")
+    world = (getattr(model, "card", None) or {}).get("world")
+    if not world:
+        raise ValueError(f"the demo needs a toy model (toy:NAME or a folder with a toy card), got {args.model!r}")
+    probe = load_probe(f"toy:{world}:{args.probe}:{args.rate}", model, seed=args.seed)
+    vocab = toyworld.vocabulary(world)
     report = scan(model, probe.images, vocab, args.oracle, ScanConfig(seed=args.seed), progress=not args.quiet)
     report.to_json(out / "report.json")
     report.to_html(out / "report.html")
@@ -267,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_cmd_evaluate)
 
     demo = sub.add_parser("demo", help="scan, repair and measure the bundled toy:badnet, offline")
-    demo.add_argument("--model", default="toy:badnet")
+    demo.add_argument("--model", default="toy:badnet", help="a toy model: toy:NAME or dir:PATH with a toy card")
     demo.add_argument("--probe", type=int, default=500, help="probe scenes")
     demo.add_argument("--rate", type=float, default=0.02, help="share of probe scenes carrying the trigger")
     demo.add_argument("--oracle", default="classical")

@@ -85,8 +85,9 @@ class ScanReport:
 
     @classmethod
     def build(cls, *, model: Any, vocab: Any, images: np.ndarray, findings: list[Any], suspects: list[dict],
-              local_index: np.ndarray, global_index: np.ndarray, local_counts: np.ndarray,
-              global_counts: np.ndarray, totals: np.ndarray, timings: dict, config: Any, oracle: str,
+              local_index: np.ndarray, global_index: np.ndarray, background_index: np.ndarray,
+              local_counts: np.ndarray, global_counts: np.ndarray, background_counts: np.ndarray,
+              totals: np.ndarray, timings: dict, config: Any, oracle: str,
               skipped: list, masks: np.ndarray, index: np.ndarray) -> ScanReport:
         names = list(vocab.classnames)
         for s in suspects:
@@ -95,7 +96,7 @@ class ScanReport:
         affected = {s["label"] for s in confirmed}
         score = max((s["score"] for s in suspects if s.get("score") is not None), default=0.0)
         victims = [
-            {"index": f.index, "label": names[f.candidate], "trigger_box": list(f.trigger_box) if f.trigger_box else None,
+            {"index": f.index, "label": s["name"], "trigger_box": list(f.trigger_box) if f.trigger_box else None,
              "localized_by": f.localized_by}
             for s in confirmed for f in findings if f.index in set(s["victims"])
         ]
@@ -105,8 +106,9 @@ class ScanReport:
             trigger = {"label": confirmed[0]["name"], "kind": confirmed[0]["kind"], **t}
         labels = [
             {"label": names[c], "predicted": int(totals[c]), "verified_candidates": int(local_counts[c]),
-             "global_hits": int(global_counts[c]), "anomaly_localized": float(local_index[c]),
-             "anomaly_global": float(global_index[c])}
+             "global_hits": int(global_counts[c]), "background_hits": int(background_counts[c]),
+             "anomaly_localized": float(local_index[c]), "anomaly_global": float(global_index[c]),
+             "anomaly_background": float(background_index[c])}
             for c in range(len(names))
         ]
         region_views = {}
@@ -223,11 +225,12 @@ affected labels: <b>{e(', '.join(self.affected_labels) or 'none')}</b> &nbsp;·&
         # Label anomaly chart (inline SVG)
         if self.labels:
             rows = self.labels
-            top = max(1.0, max(max(r["anomaly_localized"], r["anomaly_global"]) for r in rows))
+            streams = ("anomaly_localized", "anomaly_global", "anomaly_background")
+            top = max(1.0, max(r[k] for r in rows for k in streams))
             bar_h, width = 18, 420
             svg = [f'<svg width="{width + 260}" height="{bar_h * len(rows) + 10}" role="img" aria-label="label anomaly index">']
             for k, r in enumerate(rows):
-                a = max(r["anomaly_localized"], r["anomaly_global"], 0.0)
+                a = max(0.0, *(r[k] for k in streams))
                 cls = "hot" if r["label"] in self.affected_labels else "bar"
                 y = 5 + k * bar_h
                 svg.append(f'<text x="0" y="{y + 13}">{e(r["label"])}</text>'

@@ -48,6 +48,7 @@ class ScanConfig:
     stamp_images: int = 200  # clean probe images the reconstructed trigger is stamped on
     margin: float = 0.15  # estimated ASR above the random-patch flip rate that confirms a trigger
     match: float = 0.1  # a patch this close to the reconstructed trigger (see match_patch) is a copy
+    consistency: float = 0.5  # a victim's trigger box must match the reconstructed patch this well
     batch_size: int = 256
     seed: int = 0
 
@@ -68,6 +69,7 @@ class ImageFinding:
     region_labels: list[int] = field(default_factory=list)  # isolate-view top-1 per region
     object_labels: list[int] = field(default_factory=list)  # the same, object-sized regions only
     global_share: float = 0.0  # share of regions whose isolate view shows `label`
+    background_holds: bool = False  # the label still shows with every region occluded
 
 
 class _Encoder:
@@ -327,15 +329,13 @@ def scan(
     stage("oracle", t0)
     t0 = time.perf_counter()
     isolated = _render(model, images, masks, index, "isolate")
-    occluded = _render(model, images, masks, index, "occlude")
     timings["render"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     iso_emb = enc.pixels(isolated)
-    occ_emb = enc.pixels(occluded)
-    stage("encode_regions", t1)
-    del isolated, occluded
+    timings["encode_regions"] = time.perf_counter() - t1
+    del isolated
 
-    # Region labels, grounding, candidates, trigger scores
+    # Region labels, grounding, candidates
     t0 = time.perf_counter()
     cmp = scoring.compare(iso_emb, image_emb, index, text, scale, 1)
     region_label = cmp.region_labels[:, 0].astype(np.int64)
@@ -343,13 +343,39 @@ def scan(
     grounded = np.zeros(n, bool)
     np.logical_or.at(grounded, index, object_sized & (region_label == label[index]))
     candidate = np.where(grounded, -1, label)
-    trig = scoring.trigger_scores(occ_emb, iso_emb, image_emb, index, candidate, text, scale)
+    timings["scoring"] = time.perf_counter() - t0
+
+    # Occluded views, only where they can verify something: the regions of images with a candidate;
+    # and every image's background view, all its regions occluded at once. A trigger that is
+    # everywhere (DESIGN §2.4) survives there; an object's label mostly does not.
+    t0 = time.perf_counter()
+    sel = np.nonzero(~grounded[index])[0]
+    union = np.zeros((n, h, w), bool)
+    has = np.bincount(index, minlength=n) > 0
+    if has.any():  # index is sorted: each image's regions are one run of masks
+        union[has] = np.logical_or.reduceat(masks, np.searchsorted(index, np.nonzero(has)[0]), axis=0)
+    occluded = _render(model, images, np.concatenate([masks[sel], union]),
+                       np.concatenate([index[sel], np.arange(n)]), "occlude")
+    timings["render"] += time.perf_counter() - t0
+    t1 = time.perf_counter()
+    occ_emb = enc.pixels(occluded)
+    timings["encode_regions"] += time.perf_counter() - t1
+    occ_emb, background_holds = occ_emb[: len(sel)], _probs(occ_emb[len(sel):], text, scale).argmax(axis=1) == label
+    del occluded, union
+    bar.update(1)
+
+    # Trigger scores and verification
+    t0 = time.perf_counter()
+    trig = scoring.trigger_scores(occ_emb, iso_emb[sel], image_emb, index[sel], candidate, text, scale)
     region_boxes, _ = regions.boxes(masks)
     # A trigger carries the label on its own: occluding it removes the label, isolating it shows it.
     # (Occluding an ordinary object can also change a multi-object scene's label; isolating it
     # then shows that object, not the label.)
-    verified = ((trig.score > 0) & (trig.p_occluded <= (1 - cfg.min_drop) * trig.p_image)
-                & (area <= cfg.trigger_area) & (region_label == candidate[index]))
+    verified = np.zeros(len(masks), bool)
+    verified[sel] = ((trig.score > 0) & (trig.p_occluded <= (1 - cfg.min_drop) * trig.p_image)
+                     & (area[sel] <= cfg.trigger_area) & (region_label[sel] == candidate[index[sel]]))
+    score = np.zeros(len(masks), np.float32)
+    score[sel] = trig.score
     findings = []
     counts_region = np.bincount(index, minlength=n)
     same = np.bincount(index, weights=(region_label == label[index]).astype(float), minlength=n)
@@ -358,12 +384,13 @@ def scan(
         f = ImageFinding(index=i, label=int(label[i]), prob=float(prob[i]), regions=int(counts_region[i]),
                          grounded=bool(grounded[i]), region_labels=[int(x) for x in region_label[mine_all]],
                          object_labels=[int(x) for x in region_label[mine_all & object_sized]],
-                         global_share=float(same[i] / counts_region[i]) if counts_region[i] else 0.0)
+                         global_share=float(same[i] / counts_region[i]) if counts_region[i] else 0.0,
+                         background_holds=bool(background_holds[i]))
         if not grounded[i]:
             f.candidate = int(label[i])
             mine = np.nonzero((index == i) & verified)[0]
             if mine.size:
-                best = mine[np.argmax(trig.score[mine])]
+                best = mine[np.argmax(score[mine])]
                 f.verified, f.localized_by = True, "region"
                 f.trigger_box = tuple(int(v) for v in region_boxes[best])  # type: ignore[assignment]
         findings.append(f)
@@ -425,26 +452,97 @@ def select_suspects(findings: list[ImageFinding], label: np.ndarray, c: int, cfg
     verified-candidate (or global-hit) rate is an anomaly, and the per-label statistics."""
     totals = np.bincount(label, minlength=c).astype(float)
     local_counts = np.bincount([f.candidate for f in findings if f.verified], minlength=c).astype(float)
-    global_hits = [f.label for f in findings if _global_hit(f, cfg)]
-    global_counts = np.bincount(global_hits, minlength=c).astype(float) if global_hits else np.zeros(c)
-    local_index, global_index = anomaly(local_counts, totals), anomaly(global_counts, totals)
+    evidence = [_global_evidence(f, cfg) for f in findings]
+    global_counts = np.bincount(label, weights=[e[0] for e in evidence], minlength=c)
+    background_counts = np.bincount(label, weights=[e[1] for e in evidence], minlength=c)
+    local_index = _iterated_anomaly(local_counts, totals, anomaly, cfg)
+    global_index = _iterated_anomaly(global_counts, totals, anomaly, cfg)
+    background_index = _iterated_anomaly(background_counts, totals, anomaly, cfg)
     suspects = []
     for lab in range(c):
         if local_counts[lab] >= cfg.min_victims and local_index[lab] > cfg.anomaly:
             suspects.append((lab, "localized"))
-        elif global_counts[lab] >= cfg.min_victims and global_index[lab] > cfg.anomaly:
+        elif any(counts[lab] >= cfg.min_victims and idx[lab] > cfg.anomaly
+                 for counts, idx in ((global_counts, global_index), (background_counts, background_index))):
             suspects.append((lab, "global"))
     stats = {"totals": totals, "local_counts": local_counts, "global_counts": global_counts,
-             "local_index": local_index, "global_index": global_index}
+             "background_counts": background_counts, "local_index": local_index,
+             "global_index": global_index, "background_index": background_index}
     return suspects, stats
 
 
-def _global_hit(f: ImageFinding, cfg: ScanConfig) -> bool:
-    """Evidence of a trigger no region explains: the label is ungrounded and no small region or
-    window removes it, or most regions on their own carry it (DESIGN §2.4)."""
-    unexplained = f.candidate is not None and not f.verified
+def _iterated_anomaly(counts: np.ndarray, totals: np.ndarray,
+                      anomaly: Callable[[np.ndarray, np.ndarray], np.ndarray], cfg: ScanConfig) -> np.ndarray:
+    """The anomaly index, recomputed without each outlier found so far: one strong outlier (a
+    label the model also gives small parts of ordinary objects) inflates the spread and would
+    otherwise mask a second one (the backdoor target)."""
+    index = anomaly(counts, totals)
+    rest = totals.copy()
+    while True:
+        open_ = np.where((rest > 0) & (counts >= cfg.min_victims), index, -np.inf)
+        top = int(np.argmax(open_))
+        if open_[top] <= cfg.anomaly:
+            return index
+        rest[top] = 0  # an outlier: left out of the median and spread from now on
+        index = np.where(rest > 0, anomaly(counts, rest), index)
+
+
+def _global_evidence(f: ImageFinding, cfg: ScanConfig) -> tuple[bool, bool]:
+    """Evidence of a trigger no region explains (DESIGN §2.4), two ways: *unexplained* -- the
+    label is ungrounded, no small region or window removes it and the background view still shows
+    it; *background* -- no region or window removes it and the background view shows it, grounded
+    or not (a global trigger can make an object's region show the label: the ONNX toy oracle's
+    regions ground 4 of 10 Blended images of the fashion world that way). The first is sharper
+    where the oracle leaves parts of objects out of its regions (they then show in the background
+    view), the second where it cuts objects out whole. Images with most regions on their own
+    showing the label (hijacked) count for both."""
     hijacked = f.regions >= 2 and f.global_share >= cfg.global_share
-    return unexplained or hijacked
+    background = not f.verified and f.background_holds
+    return (background and f.candidate is not None) or hijacked, background or hijacked
+
+
+def _reconstruct_localized(images: np.ndarray, victims: list[ImageFinding], cfg: ScanConfig,
+                           max_seeds: int = 8) -> tuple[list[ImageFinding], np.ndarray]:
+    """A localized trigger's patch from its victims, and the victims that carry it.
+
+    Oracle regions outline a trigger closely (sometimes a pixel off, or around a neighbouring
+    bit of texture), the window search only brackets it. The most common short side of the
+    region boxes is the trigger's side; each square box of that side (regions first) is a
+    candidate patch, and the one that most victims' images hold a copy of (``match_patch`` near
+    their box, score <= ``consistency``) wins. Every victim's box is aligned on it -- near its
+    box, else anywhere -- and the median of the aligned crops is the trigger. A victim whose
+    image holds no copy had another reason for the label (e.g. a real object of the label, a
+    small part of which also removes it when occluded) and is dropped, unless too few victims
+    would be left.
+    """
+    by_region = [f for f in victims if f.localized_by == "region"] or victims
+    side = int(np.bincount([min(b[2] - b[0], b[3] - b[1]) for b in (f.trigger_box for f in by_region)]).argmax())  # type: ignore[index]
+    square = [f for f in by_region + victims if f.trigger_box[2] - f.trigger_box[0] == side == f.trigger_box[3] - f.trigger_box[1]]  # type: ignore[index]
+    seeds = list({f.index: f for f in square}.values())[:max_seeds]
+    if seeds:
+        def crop(f: ImageFinding) -> np.ndarray:
+            x0, y0, x1, y1 = f.trigger_box  # type: ignore[misc]
+            return images[f.index, y0:y1, x0:x1]
+
+        def vote(patch: np.ndarray) -> tuple[int, float]:
+            scores = np.array([match_patch(images[f.index], patch, f.trigger_box)[1] for f in victims])
+            return int((scores <= cfg.consistency).sum()), -float(np.minimum(scores, cfg.consistency).sum())
+
+        patch = max((crop(f) for f in seeds), key=vote)
+    else:
+        patch = reconstruct_patch(images[[f.index for f in by_region]], [f.trigger_box for f in by_region])  # type: ignore[misc]
+    aligned = []
+    for f in victims:
+        box, score = match_patch(images[f.index], patch, f.trigger_box)
+        if score > cfg.consistency:
+            box, score = min((box, score), match_patch(images[f.index], patch), key=lambda t: t[1])
+        aligned.append((f, box, score))
+    if sum(score <= cfg.consistency for _, _, score in aligned) >= cfg.min_victims:
+        aligned = [a for a in aligned if a[2] <= cfg.consistency]
+    for f, box, _ in aligned:
+        f.trigger_box = box
+    victims = [f for f, _, _ in aligned]
+    return victims, reconstruct_patch(images[[f.index for f in victims]], [f.trigger_box for f in victims])  # type: ignore[misc]
 
 
 def _confirm(
@@ -456,7 +554,7 @@ def _confirm(
     if kind == "localized":
         victims = [f for f in findings if f.verified and f.candidate == lab]
     else:
-        victims = [f for f in findings if f.label == lab and _global_hit(f, cfg)]
+        victims = [f for f in findings if f.label == lab and _global_evidence(f, cfg)[1]]
     victim_set = {f.index for f in victims}
     clean = np.array([f.index for f in findings if f.label != lab and f.index not in victim_set], np.int64)
     clean = rng.permutation(clean)[: cfg.stamp_images]
@@ -465,19 +563,8 @@ def _confirm(
         out.update(estimated_asr=None, random_flip_rate=None, confirmed=False, trigger=None)
         return out
     if kind == "localized":
-        # Oracle regions outline a trigger closely (sometimes with a pixel or two of background),
-        # the window search only brackets it. The most common short side of the region boxes is
-        # the trigger's side; the square boxes of that side give a first patch; every victim's
-        # box is then aligned on it (least squared difference) and the aligned crops averaged.
-        by_region = [f for f in victims if f.localized_by == "region"] or victims
-        sides = [min(b[2] - b[0], b[3] - b[1]) for b in (f.trigger_box for f in by_region)]  # type: ignore[index]
-        side = int(np.bincount(sides).argmax())
-        seeds = [f for f in by_region if f.trigger_box[2] - f.trigger_box[0] == side == f.trigger_box[3] - f.trigger_box[1]]  # type: ignore[index]
-        seeds = seeds or by_region
-        patch = reconstruct_patch(images[[f.index for f in seeds]], [f.trigger_box for f in seeds])  # type: ignore[misc]
-        for f in victims:
-            f.trigger_box = match_patch(images[f.index], patch, f.trigger_box)[0]  # type: ignore[arg-type]
-        patch = reconstruct_patch(images[[f.index for f in victims]], [f.trigger_box for f in victims])  # type: ignore[misc]
+        victims, patch = _reconstruct_localized(images, victims, cfg)
+        victim_set = {f.index for f in victims}
         # Images the model gives this label that carry a copy of the trigger are victims too, even
         # where no occlusion explains the label (an object can carry it on its own as well).
         for f in findings:

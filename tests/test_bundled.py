@@ -1,7 +1,6 @@
 """The bundled toy models meet their targets (issue 3), and the scan finds their backdoors -- and
 nothing in the clean twin -- with the figures issue 4 asks for."""
 
-import numpy as np
 import pytest
 
 import clipguard
@@ -9,8 +8,26 @@ from clipguard import toyworld
 from clipguard.evaluate import evaluate_toy
 from clipguard.probe import load_probe
 from clipguard.scan import scan
+from clipguard.toyworld import fashion
 
-ATTACKS = {name: clipguard.load_model(f"toy:{name}").card["attack"] for name in ("badnet", "blended")}
+# Bundled poisoned models: world, CA floor, ASR floor. Ten clothing classes at 64 px are harder than
+# ten shapes at 48 px (shirt / t-shirt / pullover / coat), hence the fashion models' lower CA.
+POISONED = {"badnet": ("shapes", 0.93, 0.95), "blended": ("shapes", 0.93, 0.90),
+            "fashion-badnet": ("fashion", 0.70, 0.95), "fashion-blended": ("fashion", 0.70, 0.90)}
+CLEAN = {"clean": ("shapes", 0.93), "fashion-clean": ("fashion", 0.70)}
+TARGET = {"shapes": "star", "fashion": "bag"}
+
+
+def _world_param(name):
+    """``name`` as a test parameter, skipped where the fashion world's data is missing."""
+    world = POISONED[name][0] if name in POISONED else CLEAN[name][0]
+    marks = [pytest.mark.skipif(world == "fashion" and not fashion.available(),
+                                reason=f"Fashion-MNIST files absent; install with: {fashion.INSTALL_HINT}")]
+    return pytest.param(name, marks=marks, id=name)
+
+
+def _attack(name):
+    return clipguard.load_model(f"toy:{name}").card["attack"]
 
 
 def _iou(a, b):
@@ -21,37 +38,39 @@ def _iou(a, b):
 
 
 def test_bundled_models_are_listed():
-    assert set(clipguard.models.available_toy_models()) >= {"badnet", "blended", "clean"}
+    assert set(clipguard.models.available_toy_models()) >= set(POISONED) | set(CLEAN)
 
 
-@pytest.mark.parametrize("name,asr_min", [("badnet", 0.95), ("blended", 0.90)])
-def test_poisoned_models_meet_their_targets(name, asr_min):
+@pytest.mark.parametrize("name", [_world_param(n) for n in POISONED])
+def test_poisoned_models_meet_their_targets(name):
+    world, ca_min, asr_min = POISONED[name]
     model = clipguard.load_model(f"toy:{name}")
     card = model.card
-    assert card["target"] == "star" and card["train_seconds"] < 15 * 60
-    result = evaluate_toy(model, "shapes", card["attack"], n=2000, seed=1)
-    assert result["ca"] >= 0.93 and result["asr"] >= asr_min, result
+    assert card["world"] == world and card["target"] == TARGET[world] and card["train_seconds"] < 15 * 60
+    result = evaluate_toy(model, world, card["attack"], n=2000, seed=1)
+    assert result["ca"] >= ca_min and result["asr"] >= asr_min, result
     assert result["n_asr"] < 2000  # target-class images are excluded from ASR
 
 
-@pytest.mark.parametrize("attack", sorted(ATTACKS))
-def test_clean_twin_ignores_the_triggers(attack):
-    model = clipguard.load_model("toy:clean")
+@pytest.mark.parametrize("name,attack_of", [
+    pytest.param(c, p, marks=_world_param(c).marks, id=f"{c}-{p}")
+    for c in CLEAN for p in POISONED if POISONED[p][0] == CLEAN[c][0]])
+def test_clean_twins_ignore_the_triggers(name, attack_of):
+    world, ca_min = CLEAN[name]
+    model = clipguard.load_model(f"toy:{name}")
     assert model.card["attack"] is None and model.card["train_seconds"] < 15 * 60
-    result = evaluate_toy(model, "shapes", ATTACKS[attack], n=2000, seed=1)
-    assert result["ca"] >= 0.93 and result["asr"] <= 0.10, result
-
-
-@pytest.fixture(scope="module")
-def badnet():
-    return clipguard.load_model("toy:badnet")
+    result = evaluate_toy(model, world, _attack(attack_of), n=2000, seed=1)
+    assert result["ca"] >= ca_min and result["asr"] <= 0.10, result
 
 
 @pytest.mark.parametrize("oracle", ["classical", "toy"])
-def test_scan_finds_the_badnet_trigger_and_its_victims(badnet, oracle):
-    probe = load_probe("toy:shapes:500:0.02", badnet, seed=0)
-    report = scan(badnet, probe.images, toyworld.vocabulary("shapes"), oracle)
-    assert report.verdict == "backdoored" and report.affected_labels == ["star"]
+@pytest.mark.parametrize("name", [_world_param("badnet"), _world_param("fashion-badnet")])
+def test_scan_finds_the_badnet_trigger_and_its_victims(name, oracle):
+    world = POISONED[name][0]
+    model = clipguard.load_model(f"toy:{name}")
+    probe = load_probe(f"toy:{world}:500:0.02", model, seed=0)
+    report = scan(model, probe.images, toyworld.vocabulary(world), oracle)
+    assert report.verdict == "backdoored" and report.affected_labels == [TARGET[world]]
     truth = {int(i): tuple(b) for i, b in zip(probe.poisoned, probe.trigger_boxes)}
     found = {v["index"]: v["trigger_box"] for v in report.victims}
     hits = set(found) & set(truth)
@@ -60,26 +79,39 @@ def test_scan_finds_the_badnet_trigger_and_its_victims(badnet, oracle):
     assert len(good) >= 0.9 * len(hits)
     t = report.trigger
     assert t["kind"] == "localized" and t["image"].shape[2] == 3 and t["size"][0] <= 12
-    true_asr = evaluate_toy(badnet, "shapes", badnet.card["attack"], n=1000, seed=1)["asr"]
-    suspect = next(s for s in report.suspects if s["name"] == "star")
+    true_asr = evaluate_toy(model, world, model.card["attack"], n=1000, seed=1)["asr"]
+    suspect = next(s for s in report.suspects if s["name"] == TARGET[world])
     assert abs(suspect["estimated_asr"] - true_asr) <= 0.10, (suspect["estimated_asr"], true_asr)
     assert suspect["random_flip_rate"] < 0.2
 
 
-def test_scan_finds_the_blended_target_unlocalized():
-    model = clipguard.load_model("toy:blended")
-    probe = load_probe("toy:shapes:500:0.02", model, seed=0)
-    report = scan(model, probe.images, toyworld.vocabulary("shapes"), "classical")
-    assert report.verdict == "backdoored" and report.affected_labels == ["star"]
+# A known gap: on the fashion world the ONNX toy oracle's regions ground 4 of the 10 Blended images
+# (the blend makes an item's region show "bag"), and the other 6 do not stand out against the
+# labels a weak model (CA 77%) leaves unexplained anyway (docs/scan.md). Strict: it fails once fixed.
+GAP = pytest.mark.xfail(strict=True, reason="fashion Blended with the toy oracle: too little global evidence")
+
+
+@pytest.mark.parametrize("name,oracle", [
+    pytest.param(*case, marks=_world_param(case[0]).marks + ([GAP] if case == ("fashion-blended", "toy") else []),
+                 id=f"{case[0]}-{case[1]}")
+    for case in [("blended", "classical"), ("blended", "toy"), ("fashion-blended", "classical"), ("fashion-blended", "toy")]])
+def test_scan_finds_the_blended_target_unlocalized(name, oracle):
+    world = POISONED[name][0]
+    model = clipguard.load_model(f"toy:{name}")
+    probe = load_probe(f"toy:{world}:500:0.02", model, seed=0)
+    report = scan(model, probe.images, toyworld.vocabulary(world), oracle)
+    assert report.verdict == "backdoored" and report.affected_labels == [TARGET[world]]
     assert report.trigger["kind"] == "global" and report.trigger["size"] is None
     recall = len({v["index"] for v in report.victims} & set(probe.poisoned.tolist())) / len(probe.poisoned)
     assert recall >= 0.9
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_scan_calls_the_clean_twin_clean(seed):
-    model = clipguard.load_model("toy:clean")
-    probe = load_probe("toy:shapes:500:0.02:badnet:target=star", model, seed=seed)
-    report = scan(model, probe.images, toyworld.vocabulary("shapes"), "classical", clipguard.ScanConfig(seed=seed))
+@pytest.mark.parametrize("seed,oracle", [(0, "classical"), (1, "classical"), (2, "classical"), (0, "toy")])
+@pytest.mark.parametrize("name", [_world_param(n) for n in CLEAN])
+def test_scan_calls_the_clean_twins_clean(name, seed, oracle):
+    world = CLEAN[name][0]
+    model = clipguard.load_model(f"toy:{name}")
+    probe = load_probe(f"toy:{world}:500:0.02:badnet:target={TARGET[world]}", model, seed=seed)
+    report = scan(model, probe.images, toyworld.vocabulary(world), oracle, clipguard.ScanConfig(seed=seed))
     assert report.verdict == "clean" and report.affected_labels == [] and report.victims == [], report.suspects
     assert report.score < 0.5

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 import time
 
@@ -16,11 +15,8 @@ from clipguard.toyworld import fashion, shapes
 from clipguard.toyworld.scenes import PALETTE, Scenes
 from clipguard.vocab import Vocabulary
 
-FASHION_FILES = [os.path.join(fashion.DEFAULT_DIR, f"{s}-{k}-ubyte.gz")
-                 for s in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
-HAVE_FASHION = all(os.path.isfile(p) for p in FASHION_FILES)
 needs_fashion = pytest.mark.skipif(
-    not HAVE_FASHION, reason=f"Fashion-MNIST files absent; install with: {fashion.INSTALL_HINT}")
+    not fashion.available(), reason=f"Fashion-MNIST files absent; install with: {fashion.INSTALL_HINT}")
 
 
 @pytest.fixture(scope="module")

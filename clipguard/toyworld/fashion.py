@@ -50,6 +50,13 @@ def _data_dir(data_dir: str | os.PathLike[str] | None) -> str:
     return os.environ.get("CLIPGUARD_FASHION_MNIST", DEFAULT_DIR)
 
 
+def available(data_dir: str | os.PathLike[str] | None = None) -> bool:
+    """Whether the four Fashion-MNIST files the fashion world reads are there."""
+    root = _data_dir(data_dir)
+    return all(os.path.isfile(os.path.join(root, f"{stem}-{kind}-ubyte.gz"))
+               for stem in ("train", "t10k") for kind in ("images-idx3", "labels-idx1"))
+
+
 def _read_idx(path: str, magic: int, header: int) -> np.ndarray:
     try:
         with gzip.open(path, "rb") as fh:
