@@ -47,8 +47,8 @@ def row(name: str, oracle: str, n: int, rate: float, seed: int) -> str:
                              else [None] * len(probe.poisoned))}
     found = {v["index"]: v["trigger_box"] for v in report.victims}
     hits = set(found) & set(truth)
-    precision = f"{len(hits) / len(found):.2f}" if found else "–"
-    recall = f"{len(hits) / len(truth):.2f}" if truth else "–"
+    precision = f"{len(hits) / len(found):.2f}" if found and card["attack"] else "–"
+    recall = f"{len(hits) / len(truth):.2f}" if truth and card["attack"] else "–"  # a clean model has no victims to find
     boxes = [i for i in hits if found[i] is not None and truth[i] is not None]
     iou_ok = f"{sum(iou(found[i], truth[i]) >= 0.5 for i in boxes)} of {len(hits)}" if boxes else "–"
     asr = "–"

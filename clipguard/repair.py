@@ -216,7 +216,7 @@ class RepairConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     inmodal: float = 1.0  # weight of CleanCLIP's in-modal self-supervised terms
-    keep: float = 1.0  # weight of the term keeping clean embeddings near the original model's
+    keep: float = 4.0  # weight of the term keeping clean embeddings near the original model's
     check_every: int = 20  # steps between estimated-ASR checks
     stop_asr: float = 0.02  # ... at most this much above the control's flip rate (random patches)
     min_steps: int = 40  # never stop before this many steps
