@@ -10,18 +10,18 @@ same run, with the time split by stage.
 Both paths scan the bundled ``toy:badnet`` with the probe ``toy:shapes:N:RATE`` and the same oracle
 object. The reference does Algorithm 1 itself, image by image: the whole-image label (torch, one
 image), the oracle's masks (one image per call), isolate views, occlude views (images with a
-candidate) and the background view rendered region by region (``tests/reference.py``: NumPy fill, ``cv2.resize``), the region embeddings (torch, one
-image's regions per call), region labels, grounding, trigger scores and the verification rule of
-``clipguard/scan.py`` in NumPy. The occlusion-window search and Algorithm 2 (anomaly index,
-confirmation) run the package's own code (``_window_search``, ``_confirm``) with the reference's
-torch-eager encoder, the window search one image at a time as a per-image loop does
-(``--batched-window``: batched over the images as ``scan()`` does, a stricter reference that
-shares the batching); "Algorithm 1 alone" compares the stages before it. Per image,
-the whole-image label, grounding, region labels, the background view's verdict and the
-region-verified flag (and, after the
-window search and Algorithm 2, the final verified flag) are asserted equal up to 0.5% of the
-images (ONNX Runtime and PyTorch differ by ~1e-6, which can flip an argmax tie or a threshold);
-the verdict and the affected labels exactly.
+candidate) and the background view rendered region by region (``tests/reference.py``: NumPy
+fill, ``cv2.resize``), the view embeddings (torch, one image's views per call), region labels,
+grounding, trigger scores and the verification rule of ``clipguard/scan.py`` in NumPy. The
+occlusion-window search and Algorithm 2 (anomaly index, confirmation) run the package's own code
+(``_window_search``, ``_confirm``) with the reference's torch-eager encoder, the window search one
+image at a time as a per-image loop does (``--batched-window``: batched over the images as
+``scan()`` does, a stricter reference that shares the batching); "Algorithm 1 alone" compares the
+stages before it. Per image, the whole-image label, grounding, region labels, the background
+view's verdict and the region-verified flag (and, after the window search and Algorithm 2, the
+final verified flag) are asserted equal up to 0.5% of the images (ONNX Runtime and PyTorch differ
+by ~1e-6, which can flip an argmax tie or a threshold); the verdict and the affected labels
+exactly.
 
 Stages: *oracle* (inside the oracle's call), *render* (region and window views), *encoder* (every
 image-encoder and text-encoder call), *scoring* (Algorithm 1's labels, grounding, trigger scores,

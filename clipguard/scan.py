@@ -1,18 +1,20 @@
 """The scan: find the trigger, the affected labels and the victims (DESIGN §2.1-2.2, §2.4).
 
 Algorithm 1, per probe image: the model's label for the whole image; the oracle's regions;
-their isolate and occlude views (one batched native render); a label is *grounded* when an
-object-sized region shows it on its own; an ungrounded label is a *candidate*; a candidate is
-*verified* and *localized* by the native trigger score (how much of the image's probability for
-the label disappears when a region is occluded) or, where no small region explains it, by a
-coarse-to-fine occlusion-window search that does not depend on the oracle.
+their isolate views (one batched native render); a label is *grounded* when an object-sized
+region shows it on its own; an ungrounded label is a *candidate*; a candidate is *verified* and
+*localized* by the native trigger score (how much of the image's probability for the label
+disappears when a region is occluded) or, where no small region explains it, by a
+coarse-to-fine occlusion-window search that does not depend on the oracle. Every image also gets
+a background view (all its regions occluded): a trigger that is everywhere survives it.
 
 Algorithm 2, over the probe set: per label, how often it is a verified candidate relative to how
-often the model predicts it; the median-absolute-deviation anomaly index picks suspects; a global
-(unlocalized) trigger shows instead as images whose regions all carry the label. Each suspect is
-confirmed by reconstructing its trigger from the victims and stamping it on clean probe images:
-the flip rate (an estimated ASR) against that of random patches of the same size gives the
-model-level score and verdict.
+often the model predicts it; the median-absolute-deviation anomaly index (iterated, so one
+outlier cannot mask another) picks suspects; a global (unlocalized) trigger shows instead as
+images whose label no region or window explains and whose background view still shows it. Each
+suspect is confirmed by reconstructing its trigger from the victims and stamping it on clean
+probe images: the flip rate (an estimated ASR) against that of random patches of the same size
+gives the model-level score and verdict.
 """
 
 from __future__ import annotations
