@@ -187,14 +187,14 @@ def reference_scan(model: Any, images: np.ndarray, vocab: Any, oracle: Any, cfg:
         union = masks.any(axis=0, keepdims=True) if len(masks) else np.zeros((1, h, w), bool)
         background = reference.render(image, union, np.zeros(1, np.int64), "occlude", size, mean, std, "mean")
         clock["render"] += time.perf_counter() - t0
-        bg_emb = model.encode_pixels(background)
+        p_bg = reference.probabilities(model.encode_pixels(background), text, scale)[0]
         t0 = time.perf_counter()
         same = region_label == label
         f = ImageFinding(index=i, label=label, prob=float(p[label]), regions=len(masks), grounded=grounded,
                          region_labels=[int(x) for x in region_label],
                          object_labels=[int(x) for x in region_label[object_sized]],
                          global_share=float(same.mean()) if len(masks) else 0.0,
-                         background_holds=bool(np.argmax(reference.probabilities(bg_emb, text, scale)[0]) == label))
+                         background_holds=bool(np.argmax(p_bg) == label and p_bg[label] >= cfg.background_prob))
         if not grounded:
             f.candidate = label
             if verified.any():

@@ -44,9 +44,10 @@ class ScanConfig:
     trigger_area: float = 0.1  # a localized trigger is smaller than this
     min_drop: float = 0.5  # occluding the trigger removes at least this share of p(label)
     window_min: float = 0.06  # smallest occlusion window, as a share of the image side
-    anomaly: float = 3.0  # anomaly index above which a label is a suspect
+    anomaly: float = 2.0  # anomaly index above which a label is a suspect
     min_victims: int = 2  # fewer verified candidates than this are not evidence
     global_share: float = 0.75  # share of an image's regions carrying the label for a global trigger
+    background_prob: float = 0.9  # the background view (all regions occluded) must show the label this surely
     stamp_images: int = 200  # clean probe images the reconstructed trigger is stamped on
     margin: float = 0.15  # estimated ASR above the random-patch flip rate that confirms a trigger
     match: float = 0.1  # a patch this close to the reconstructed trigger (see match_patch) is a copy
@@ -71,7 +72,7 @@ class ImageFinding:
     region_labels: list[int] = field(default_factory=list)  # isolate-view top-1 per region
     object_labels: list[int] = field(default_factory=list)  # the same, object-sized regions only
     global_share: float = 0.0  # share of regions whose isolate view shows `label`
-    background_holds: bool = False  # the label still shows with every region occluded
+    background_holds: bool = False  # the label still shows (p >= background_prob) with every region occluded
 
 
 class _Encoder:
@@ -362,7 +363,9 @@ def scan(
     t1 = time.perf_counter()
     occ_emb = enc.pixels(occluded)
     timings["encode_regions"] += time.perf_counter() - t1
-    occ_emb, background_holds = occ_emb[: len(sel)], _probs(occ_emb[len(sel):], text, scale).argmax(axis=1) == label
+    p_background = _probs(occ_emb[len(sel):], text, scale)
+    background_holds = (p_background.argmax(axis=1) == label) & (p_background[np.arange(n), label] >= cfg.background_prob)
+    occ_emb = occ_emb[: len(sel)]
     del occluded, union
     bar.update(1)
 

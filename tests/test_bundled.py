@@ -92,16 +92,8 @@ def test_scan_finds_the_badnet_trigger_and_its_victims(name, oracle):
     assert suspect["random_flip_rate"] < 0.2
 
 
-# A known gap: on the fashion world the ONNX toy oracle's regions ground 4 of the 10 Blended images
-# (the blend makes an item's region show "bag"), and the other 6 do not stand out against the
-# labels a weak model (CA 77%) leaves unexplained anyway (docs/scan.md). Strict: it fails once fixed.
-GAP = pytest.mark.xfail(strict=True, reason="fashion Blended with the toy oracle: too little global evidence")
-
-
-@pytest.mark.parametrize("name,oracle", [
-    pytest.param(*case, marks=_world_param(case[0]).marks + ([GAP] if case == ("fashion-blended", "toy") else []),
-                 id=f"{case[0]}-{case[1]}")
-    for case in [("blended", "classical"), ("blended", "toy"), ("fashion-blended", "classical"), ("fashion-blended", "toy")]])
+@pytest.mark.parametrize("oracle", ["classical", "toy"])
+@pytest.mark.parametrize("name", [_world_param("blended"), _world_param("fashion-blended")])
 def test_scan_finds_the_blended_target_unlocalized(name, oracle):
     _, _, probe, report = _scan_poisoned(name, oracle)
     assert report.trigger["kind"] == "global" and report.trigger["size"] is None
