@@ -108,7 +108,8 @@ def _probs(emb: np.ndarray, text: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _oracle_regions(oracle: Callable, images: np.ndarray, cfg: ScanConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Masks [R,H,W], parent index [R] and area fraction [R] of the oracle's kept regions."""
+    """Masks [R,H,W], parent index [R] (ascending: each image's regions are one run) and area
+    fraction [R] of the oracle's kept regions."""
     h, w = images.shape[1:3]
     per_image = oracle(images)
     if len(per_image) != len(images):
@@ -207,7 +208,6 @@ def _resolve_oracle(oracle: Any) -> Callable:
 
 def _crop_resized(image: np.ndarray, box: Box, side: int) -> np.ndarray:
     """The box of an image resized to side x side (float32, 0..255)."""
-    x0, y0, x1, y1 = box
     views = regions.render(image[None], np.array([box], np.int32), [0], "crop", side, (0, 0, 0), (1 / 255,) * 3)
     return views[0].transpose(1, 2, 0)  # (x/255 - 0) / (1/255) = x
 
@@ -353,10 +353,13 @@ def scan(
     # everywhere (DESIGN §2.4) survives there; an object's label mostly does not.
     t0 = time.perf_counter()
     sel = np.nonzero(~grounded[index])[0]
+    # index is sorted: image i's regions are masks[start[i]:start[i + 1]]
+    start = np.searchsorted(index, np.arange(n + 1))
+    counts_region = np.diff(start)
     union = np.zeros((n, h, w), bool)
-    has = np.bincount(index, minlength=n) > 0
-    if has.any():  # index is sorted: each image's regions are one run of masks
-        union[has] = np.logical_or.reduceat(masks, np.searchsorted(index, np.nonzero(has)[0]), axis=0)
+    has = counts_region > 0
+    if has.any():
+        union[has] = np.logical_or.reduceat(masks, start[:-1][has], axis=0)
     occluded = _render(model, images, np.concatenate([masks[sel], union]),
                        np.concatenate([index[sel], np.arange(n)]), "occlude")
     timings["render"] += time.perf_counter() - t0
@@ -382,18 +385,17 @@ def scan(
     score = np.zeros(len(masks), np.float32)
     score[sel] = trig.score
     findings = []
-    counts_region = np.bincount(index, minlength=n)
     same = np.bincount(index, weights=(region_label == label[index]).astype(float), minlength=n)
     for i in range(n):
-        mine_all = index == i
+        mine_all = slice(start[i], start[i + 1])
         f = ImageFinding(index=i, label=int(label[i]), prob=float(prob[i]), regions=int(counts_region[i]),
                          grounded=bool(grounded[i]), region_labels=[int(x) for x in region_label[mine_all]],
-                         object_labels=[int(x) for x in region_label[mine_all & object_sized]],
+                         object_labels=[int(x) for x in region_label[mine_all][object_sized[mine_all]]],
                          global_share=float(same[i] / counts_region[i]) if counts_region[i] else 0.0,
                          background_holds=bool(background_holds[i]))
         if not grounded[i]:
             f.candidate = int(label[i])
-            mine = np.nonzero((index == i) & verified)[0]
+            mine = start[i] + np.nonzero(verified[mine_all])[0]
             if mine.size:
                 best = mine[np.argmax(score[mine])]
                 f.verified, f.localized_by = True, "region"
