@@ -33,31 +33,32 @@ def iou(a, b) -> float:
     return ix * iy / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy)
 
 
-def row(name: str, oracle: str, n: int, rate: float, seed: int) -> str:
+def row(name: str, oracle: str, n: int, rate: float, seed: int, mode: str = "probe") -> str:
     model = clipguard.load_model(f"toy:{name}")
     card = model.card
     world = card["world"]
     attack = card["attack"] or f"badnet:target={TARGET[world]}"
     probe = load_probe(f"toy:{world}:{n}:{rate:g}:{attack}", model, seed=seed)
     t0 = time.perf_counter()
-    report = clipguard.scan(model, probe.images, toyworld.vocabulary(world), oracle, clipguard.ScanConfig(seed=seed))
+    report = clipguard.scan(model, probe.images, toyworld.vocabulary(world), oracle, clipguard.ScanConfig(seed=seed),
+                            mode=mode)
     seconds = time.perf_counter() - t0
     truth = {int(i): tuple(b) if b is not None else None
              for i, b in zip(probe.poisoned, probe.trigger_boxes if probe.trigger_boxes is not None
                              else [None] * len(probe.poisoned))}
-    found = {v["index"]: v["trigger_box"] for v in report.victims}
+    found = {v.index: v.trigger_box for v in report.victims}
     hits = set(found) & set(truth)
     precision = f"{len(hits) / len(found):.2f}" if found and card["attack"] else "–"
     recall = f"{len(hits) / len(truth):.2f}" if truth and card["attack"] else "–"  # a clean model has no victims to find
     boxes = [i for i in hits if found[i] is not None and truth[i] is not None]
     iou_ok = f"{sum(iou(found[i], truth[i]) >= 0.5 for i in boxes)} of {len(hits)}" if boxes else "–"
     asr = "–"
-    suspect = next((s for s in report.suspects if s.get("confirmed")), None)
+    suspect = next((s for s in report.suspects if s.confirmed), None)
     if suspect is not None and card["attack"]:
         true_asr = evaluate_toy(model, world, card["attack"], n=1000, seed=1)["asr"]
-        asr = (f"{100 * suspect['estimated_asr']:.1f}% ({100 * suspect['random_flip_rate']:.1f}%) "
+        asr = (f"{100 * suspect.estimated_asr:.1f}% ({100 * suspect.random_flip_rate:.1f}%) "
                f"vs {100 * true_asr:.1f}%")
-    kind = report.trigger["kind"] if report.trigger else "–"
+    kind = f"{report.trigger.kind} ({report.trigger.source})" if report.trigger else "–"
     return (f"| `toy:{name}` | {oracle} | {seed} | {report.verdict} | {', '.join(report.affected_labels) or '–'} | "
             f"{kind} | {precision} / {recall} | {iou_ok} | {asr} | {seconds:.1f} |")
 
@@ -69,15 +70,17 @@ def main() -> None:
     parser.add_argument("--probe", type=int, default=500)
     parser.add_argument("--rate", type=float, default=0.02)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--mode", choices=["auto", "probe", "synthesize"], default="probe",
+                        help="the scan's analyses (probe: Algorithms 1-2 only, the setting of the table)")
     args = parser.parse_args()
-    print(f"# {args.probe} probe scenes, {args.rate:.0%} with the trigger; {machine()}")
+    print(f"# {args.probe} probe scenes, {args.rate:.0%} with the trigger, mode {args.mode}; {machine()}")
     print("| model | oracle | seed | verdict | affected | trigger | victim precision / recall | IoU ≥ 0.5 "
           "| estimated ASR (random) vs true | scan s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.models:
         for oracle in args.oracles:
             for seed in args.seeds:
-                print(row(name, oracle, args.probe, args.rate, seed), flush=True)
+                print(row(name, oracle, args.probe, args.rate, seed, args.mode), flush=True)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-
 from _common import CUDA_HEADER, best_of, cuda_column, cuda_note, machine
 
 from clipguard.oracle import get_oracle, letterbox_params, measure_world

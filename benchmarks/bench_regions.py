@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-
 from _common import CUDA_HEADER, best_of, cuda_column, cuda_note, machine, reference
 
 from clipguard.regions import CLIP_MEAN, CLIP_STD, render

@@ -14,14 +14,13 @@ import argparse
 import time
 
 import numpy as np
-
 from _common import machine
 
 import clipguard
 from clipguard import toyworld
 from clipguard.evaluate import evaluate_toy
 from clipguard.probe import load_probe
-from clipguard.repair import FinetuneSet, RepairConfig, repair
+from clipguard.repair import FinetuneSet, RepairConfig, build_finetune_set, repair
 from clipguard.scan import ScanConfig, scan
 
 
@@ -67,11 +66,12 @@ def main() -> None:
                             time.perf_counter() - t0, args))
         t0 = time.perf_counter()
         probe = load_probe(f"toy:{card['world']}:{args.probe}:0.02", onnx_model, seed=0)
-        report = scan(onnx_model, probe.images, toyworld.vocabulary(card["world"]), "classical", ScanConfig(seed=0))
+        report = scan(onnx_model, probe.images, toyworld.vocabulary(card["world"]), "classical", ScanConfig(seed=0),
+                      mode="probe")
         if report.verdict != "backdoored":
             print(f"# {name}: the scan found nothing; no clipguard repair")
             continue
-        fset = report.finetune_set()
+        fset = build_finetune_set(report)
         res = repair(spec, fset, RepairConfig(steps=args.steps), progress=False)
         rows.append(row(name, "clipguard (scan + targeted repair)", res.model, card, len(fset),
                         time.perf_counter() - t0, args))

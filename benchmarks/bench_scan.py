@@ -14,7 +14,7 @@ candidate) and the background view rendered region by region (``tests/reference.
 fill, ``cv2.resize``), the view embeddings (torch, one image's views per call), region labels,
 grounding, trigger scores and the verification rule of ``clipguard/scan.py`` in NumPy. The
 occlusion-window search and Algorithm 2 (anomaly index, confirmation) run the package's own code
-(``_window_search``, ``_confirm``) with the reference's torch-eager encoder, the window search one
+(``_window_search``, ``aggregate.confirm_probe_suspect``) with the reference's torch-eager encoder, the window search one
 image at a time as a per-image loop does (``--batched-window``: batched over the images as
 ``scan()`` does, a stricter reference that shares the batching); "Algorithm 1 alone" compares the
 stages before it. Per image, the whole-image label, grounding, region labels, the background
@@ -44,13 +44,14 @@ import time
 from typing import Any, Callable
 
 import numpy as np
-
 from _common import machine, reference
 
 import clipguard
 from clipguard import toyworld
+from clipguard.aggregate import confirm_probe_suspect, select_suspects
+from clipguard.findings import ImageFinding
 from clipguard.probe import load_probe
-from clipguard.scan import ImageFinding, ScanConfig, _confirm, _Encoder, _probs, _window_search, select_suspects
+from clipguard.scan import ScanConfig, _Encoder, _probs, _window_search
 
 # The module (the package's `clipguard.scan` attribute is the function of the same name).
 scan_mod = importlib.import_module("clipguard.scan")
@@ -127,7 +128,7 @@ def fast_scan(model: Any, images: np.ndarray, vocab: Any, oracle: Any, cfg: Scan
     clock = {"render": 0.0}
     t0 = time.perf_counter()
     with timed_render(clock):
-        report = clipguard.scan(timed, images, vocab, orc, cfg)
+        report = clipguard.scan(timed, images, vocab, orc, cfg, mode="probe")
     total = time.perf_counter() - t0
     alg1 = sum(report.timings[k] for k in ("encode_images", "oracle", "render", "encode_regions", "scoring"))
     t = {"total": total, "oracle": orc.seconds, "render": clock["render"], "encoder": timed.seconds,
@@ -168,7 +169,7 @@ def reference_scan(model: Any, images: np.ndarray, vocab: Any, oracle: Any, cfg:
         label = int(np.argmax(p))  # ties to the lower index, as the native compare
         labels[i], p_img[i] = label, p[label]
         region_label = reference.compare(iso_emb, emb, zero, text, scale, 1)[0][:, 0]
-        object_sized = (area >= cfg.object_area) & (area <= cfg.background_area)
+        object_sized = (area >= cfg.object_area) & (area <= cfg.max_object_area)
         grounded = bool((object_sized & (region_label == label)).any())
         clock["scoring"] += time.perf_counter() - t0
         verified = np.zeros(len(masks), bool)
@@ -232,16 +233,19 @@ def reference_scan(model: Any, images: np.ndarray, vocab: Any, oracle: Any, cfg:
 
     with timed_render(clock):
         localize([f.index for f in findings if f.candidate is not None and not f.verified])
-        suspects, _ = select_suspects(findings, labels, text.shape[0], cfg, anomaly=reference.label_anomaly)
+        suspects, stats = select_suspects(findings, labels, text.shape[0], cfg, anomaly=reference.label_anomaly)
         rng = np.random.default_rng(cfg.seed)
+        searched = {f.index for f in findings if f.candidate is not None and not f.verified}
         for lab, kind in suspects:
             if kind == "localized":
-                localize([f.index for f in findings if f.label == lab and not f.verified])
-        out = [_confirm(model, enc, images, findings, lab, kind, text, scale, rng, cfg) for lab, kind in suspects]
+                localize([f.index for f in findings if f.label == lab and not f.verified and f.index not in searched])
+        names = list(vocab.classnames)
+        out = [confirm_probe_suspect(enc, images, findings, lab, kind, names[lab], stats, text, scale, rng, cfg)
+               for lab, kind in suspects]
     total = time.perf_counter() - t_start
     names = list(vocab.classnames)
     result = {"findings": findings, "region_verified": region_verified, "suspects": out,
-              "affected": [names[s["label"]] for s in sorted(out, key=lambda s: s["label"]) if s.get("confirmed")]}
+              "affected": [s.name for s in sorted(out, key=lambda s: s.label) if s.confirmed]}
     t = {"total": total, "oracle": orc.seconds, "render": clock["render"], "encoder": model.seconds,
          "scoring": clock["scoring"], "inputs": model.inputs, "algorithm1": t_alg1}
     return result, t
@@ -331,8 +335,8 @@ def main() -> None:
     a1f, a1r = tf["algorithm1"], tr["algorithm1"]
     print(f"# Algorithm 1 alone (whole-image labels, oracle, views, region embeddings, scoring; no window "
           f"search): fast {a1f:.2f} s, reference {a1r:.2f} s, ratio {a1r / a1f:.1f}")
-    fast_conf = sorted((s["label"], s["kind"], s.get("confirmed")) for s in report.suspects)
-    ref_conf = sorted((s["label"], s["kind"], s.get("confirmed")) for s in ref["suspects"])
+    fast_conf = sorted((s.label, s.kind, s.confirmed) for s in report.suspects)
+    ref_conf = sorted((s.label, s.kind, s.confirmed) for s in ref["suspects"])
     ref_verdict = "backdoored" if ref["affected"] else "clean"
     print(f"# agreement: Algorithm 1 (label, grounded, region labels, background view, region-verified) differs on {len(alg1)} "
           f"of {n} images, the final verified flag on {len(final)} (allowed: {allowed} each); verdict "

@@ -10,7 +10,6 @@ import argparse
 from dataclasses import astuple
 
 import numpy as np
-
 from _common import CUDA_HEADER, best_of, cuda_column, cuda_note, machine
 
 from clipguard.scoring import compare

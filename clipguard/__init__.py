@@ -9,6 +9,7 @@ from ._backend import HAS_CUDA, available_backends, build_info
 from ._core import ClipguardError, __version__
 from .attacks import Attack, Triggered, parse_attack, poison
 from .evaluate import evaluate, evaluate_toy
+from .findings import ImageFinding, Suspect, Victim
 from .models import (
     ClipModel,
     ModelLoadError,
@@ -18,35 +19,33 @@ from .models import (
     load_model,
     save_model_dir,
 )
-from .repair import FinetuneSet, RepairConfig, RepairResult, repair, save_repaired
-from .scan import ScanConfig, scan
+from .oracle import get_oracle
+from .probe import Probe, load_probe, load_vocab
+from .repair import FinetuneSet, RepairConfig, RepairResult, build_finetune_set, repair, save_repaired
+from .report import ScanReport
+from .scan import MODES, ScanConfig, scan
+from .synthesis import SynthesisConfig
 from .toyworld import Scenes
+from .trigger import Trigger
 from .vocab import Vocabulary
 
 __all__ = [
-    "Attack",
-    "ClipModel",
-    "ClipguardError",
-    "FinetuneSet",
     "HAS_CUDA",
-    "ModelLoadError",
-    "RepairConfig",
-    "RepairResult",
-    "ScanConfig",
-    "Scenes",
-    "Triggered",
-    "UnsafeModelError",
-    "Vocabulary",
+    "MODES",
     "__version__",
     "attacks",
-    "oracle",
     "available_backends",
     "available_toy_models",
+    "build_finetune_set",
     "build_info",
     "evaluate",
     "evaluate_toy",
     "export_onnx",
+    "get_oracle",
     "load_model",
+    "load_probe",
+    "load_vocab",
+    "oracle",
     "parse_attack",
     "poison",
     "probe",
@@ -57,4 +56,23 @@ __all__ = [
     "scan",
     "scoring",
     "toyworld",
+    "Attack",
+    "ClipModel",
+    "ClipguardError",
+    "FinetuneSet",
+    "ImageFinding",
+    "ModelLoadError",
+    "Probe",
+    "RepairConfig",
+    "RepairResult",
+    "ScanConfig",
+    "ScanReport",
+    "Scenes",
+    "Suspect",
+    "SynthesisConfig",
+    "Trigger",
+    "Triggered",
+    "UnsafeModelError",
+    "Victim",
+    "Vocabulary",
 ]

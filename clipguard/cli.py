@@ -1,7 +1,8 @@
 """The ``clipguard`` command line: a thin layer over the public functions.
 
-Exit codes (as modelscan's): 0 nothing found, 1 backdoor found, 2 error, 3 nothing scanned,
-4 usage error.
+Exit codes (as modelscan's): 0 nothing found, 1 backdoor found, 2 error, 3 nothing scanned
+(or nothing to repair), 4 usage error, 5 inconclusive (the scan could not have seen a backdoor,
+or a strong suspect failed its confirmation: never read as clean).
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-EXIT_CLEAN, EXIT_FOUND, EXIT_ERROR, EXIT_NOTHING, EXIT_USAGE = 0, 1, 2, 3, 4
+EXIT_CLEAN, EXIT_FOUND, EXIT_ERROR, EXIT_NOTHING, EXIT_USAGE, EXIT_INCONCLUSIVE = 0, 1, 2, 3, 4, 5
+VERDICT_EXIT = {"clean": EXIT_CLEAN, "backdoored": EXIT_FOUND, "inconclusive": EXIT_INCONCLUSIVE}
 FINETUNE_SET = "finetune_set.npz"
 
 
@@ -73,6 +75,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
     from .models import ModelLoadError, load_model
     from .probe import load_probe, load_vocab
+    from .repair import build_finetune_set
     from .scan import ScanConfig, scan
 
     try:
@@ -87,17 +90,27 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         print("clipguard scan: nothing to scan (no readable probe images)", file=sys.stderr)
         return EXIT_NOTHING
     vocab = load_vocab(args.vocab or _default_vocab(args, model))
-    report = scan(model, probe.images, vocab, args.oracle, ScanConfig(seed=args.seed),
+    report = scan(model, probe.images, vocab, args.oracle, ScanConfig(seed=args.seed), mode=args.mode,
                   progress=not args.quiet, skipped=probe.skipped)
     out = Path(args.out)
     report.to_json(out / "report.json")
     report.to_html(out / "report.html")
     if report.verdict == "backdoored":  # what `clipguard repair --scan DIR` fine-tunes on
-        report.finetune_set(seed=args.seed).save(out / FINETUNE_SET)
-    print(f"{args.model}: {report.verdict} (score {report.score:.3f}); affected labels: "
-          f"{', '.join(report.affected_labels) or 'none'}; {len(report.victims)} victims in "
-          f"{len(probe.images)} probe images -> {out / 'report.html'}")
-    return EXIT_FOUND if report.verdict == "backdoored" else EXIT_CLEAN
+        build_finetune_set(report, seed=args.seed).save(out / FINETUNE_SET)
+    print(summary_line(args.model, report) + f" -> {out / 'report.html'}")
+    return VERDICT_EXIT[report.verdict]
+
+
+def summary_line(name: str, report: object) -> str:
+    """The verdict, its reason, the affected labels and the suspects that failed confirmation."""
+    r: Any = report
+    line = (f"{name}: {r.verdict} (score {r.score:.3f}); affected labels: {', '.join(r.affected_labels) or 'none'}; "
+            f"{len(r.victims)} victims in {r.probe_size} probe images; {r.reason}")
+    unconfirmed = [s for s in r.suspects if not s.confirmed]
+    if unconfirmed:
+        line += "; unconfirmed suspects: " + ", ".join(
+            f"{s.name} ({'+'.join(s.evidence)}, anomaly {s.anomaly:.1f}, {len(s.victims)} victims)" for s in unconfirmed)
+    return line
 
 
 def _toy_metrics(model: object, card: dict, seed: int, n: int = 2000) -> dict | None:
@@ -140,18 +153,26 @@ def _cmd_repair(args: argparse.Namespace) -> int:
         fset = FinetuneSet.load(path)
     else:
         from .probe import load_probe, load_vocab
+        from .repair import build_finetune_set
         from .scan import ScanConfig, scan
 
         model = load_model(args.model, device=args.device)
         probe = load_probe(args.probe, model, seed=args.seed)
+        for s in probe.skipped:
+            print(f"skipped {s['input']}: {s['reason']}", file=sys.stderr)
+        if len(probe.images) == 0:
+            print("clipguard repair: nothing to scan (no readable probe images)", file=sys.stderr)
+            return EXIT_NOTHING
         vocab = load_vocab(args.vocab or _default_vocab(args, model))
-        report = scan(model, probe.images, vocab, args.oracle, ScanConfig(seed=args.seed), progress=not args.quiet)
+        report = scan(model, probe.images, vocab, args.oracle, ScanConfig(seed=args.seed), mode=args.mode,
+                      progress=not args.quiet, skipped=probe.skipped)
         report.to_json(out / "scan" / "report.json")
         report.to_html(out / "scan" / "report.html")
         if report.verdict != "backdoored":
-            print(f"{args.model}: the scan found no backdoor; nothing to repair ({out / 'scan' / 'report.html'})")
-            return EXIT_CLEAN
-        fset = report.finetune_set(seed=args.seed)
+            print(f"clipguard repair: {summary_line(args.model, report)}; nothing to repair "
+                  f"({out / 'scan' / 'report.html'})", file=sys.stderr)
+            return EXIT_NOTHING
+        fset = build_finetune_set(report, seed=args.seed)
     repaired, record = _repair_and_save(args.model, fset, out, args)
     before_model = load_model(args.model, runtime="torch", device="cpu")
     card = before_model.card or {}
@@ -182,6 +203,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from . import toyworld
     from .models import load_model
     from .probe import load_probe
+    from .repair import build_finetune_set
     from .scan import ScanConfig, scan
 
     out = Path(args.out)
@@ -193,12 +215,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise ValueError(f"the demo needs a toy model (toy:NAME or a folder with a toy card), got {args.model!r}")
     probe = load_probe(f"toy:{world}:{args.probe}:{args.rate}", model, seed=args.seed)
     vocab = toyworld.vocabulary(world)
-    report = scan(model, probe.images, vocab, args.oracle, ScanConfig(seed=args.seed), progress=not args.quiet)
+    report = scan(model, probe.images, vocab, args.oracle, ScanConfig(seed=args.seed), mode=args.mode,
+                  progress=not args.quiet)
     report.to_json(out / "report.json")
     report.to_html(out / "report.html")
     seconds["scan"] = time.perf_counter() - t0
     truth = set(int(i) for i in probe.poisoned) if probe.poisoned is not None else set()
-    found = {v["index"] for v in report.victims}
+    found = {v.index for v in report.victims}
     record: dict = {
         "model": args.model, "probe": {"images": len(probe.images), "poisoned": len(truth), "attack": probe.attack},
         "scan": {"verdict": report.verdict, "score": report.score, "affected_labels": report.affected_labels,
@@ -211,7 +234,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     seconds["evaluate"] = time.perf_counter() - t0
     if report.verdict == "backdoored":
         t0 = time.perf_counter()
-        fset = report.finetune_set(seed=args.seed)
+        fset = build_finetune_set(report, seed=args.seed)
         repaired, rep = _repair_and_save(args.model, fset, out, args)
         seconds["repair"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -220,7 +243,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         record["pairs"] = rep["pairs"]
         record["repair"] = {k: rep[k] for k in ("pairs_by_kind", "steps", "stopped_early", "estimated_asr")}
         t0 = time.perf_counter()  # the repaired model, scanned again with the same probe
-        again = scan(load_model(f"dir:{out / 'model'}"), probe.images, vocab, args.oracle, ScanConfig(seed=args.seed))
+        again = scan(load_model(f"dir:{out / 'model'}"), probe.images, vocab, args.oracle, ScanConfig(seed=args.seed),
+                     mode=args.mode)
         record["rescan"] = {"verdict": again.verdict, "score": again.score, "affected_labels": again.affected_labels}
         seconds["rescan"] = time.perf_counter() - t0
     record["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
@@ -228,7 +252,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     s = record["scan"]
     print(f"model     {args.model} ({model.card.get('attack')})")
     print(f"probe     {len(probe.images)} toy scenes, {len(truth)} carrying the trigger")
-    print(f"scan      {s['verdict']} (score {s['score']:.3f}), affected labels: {', '.join(s['affected_labels']) or 'none'}; "
+    print(f"scan      {s['verdict']} (score {s['score']:.3f}; {report.reason}), affected labels: {', '.join(s['affected_labels']) or 'none'}; "
           f"{s['victims']} victims, precision {s['victim_precision']:.2f}, recall {s['victim_recall']:.2f}")
     print(f"\n{'':10}{'CA':>8}{'ASR':>8}")
     for name in ("before", "after"):
@@ -274,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--probe", type=int, default=500, help="probe scenes")
     demo.add_argument("--rate", type=float, default=0.02, help="share of probe scenes carrying the trigger")
     demo.add_argument("--oracle", default="classical")
+    demo.add_argument("--mode", choices=["auto", "probe", "synthesize"], default="auto",
+                    help="probe: triggers the probe images carry; synthesize: triggers synthesized from clean "
+                         "images; auto: both (default)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="clipguard-demo")
     demo.add_argument("--steps", type=int, default=300, help="repair steps at most (it stops early)")
@@ -288,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--probe", help="scan first with this probe (toy:WORLD:N[:RATE[:ATTACK]] or a folder)")
     rp.add_argument("--vocab", help="with --probe: toy:WORLD or a JSON vocabulary file")
     rp.add_argument("--oracle", default="classical", help="with --probe: classical, toy, or onnx:PATH")
+    rp.add_argument("--mode", choices=["auto", "probe", "synthesize"], default="auto",
+                    help="probe: triggers the probe images carry; synthesize: triggers synthesized from clean "
+                         "images; auto: both (default)")
     rp.add_argument("--steps", type=int, default=300, help="fine-tuning steps at most (it stops early)")
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("--device", default="auto")
@@ -300,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--probe", required=True, help="toy:WORLD:N[:RATE[:ATTACK]] or a folder of images")
     sc.add_argument("--vocab", help="toy:WORLD or a JSON vocabulary file (default: the probe's world)")
     sc.add_argument("--oracle", default="classical", help="classical, toy, or onnx:PATH")
+    sc.add_argument("--mode", choices=["auto", "probe", "synthesize"], default="auto",
+                    help="probe: triggers the probe images carry; synthesize: triggers synthesized from clean "
+                         "images; auto: both (default)")
     sc.add_argument("--seed", type=int, default=0)
     sc.add_argument("--limit", type=int, help="scan at most this many folder images")
     sc.add_argument("--runtime", choices=["onnx", "torch"], default="onnx")

@@ -1,4 +1,4 @@
-"""Clean accuracy and attack success rate, measured one way everywhere (DESIGN §3).
+"""Clean accuracy and attack success rate, measured one way everywhere (docs/design.md §3).
 
 - CA: zero-shot top-1 accuracy over the evaluation images with the vocabulary's prompts.
 - ASR: the trigger is applied to every evaluation image whose true label is not the target;

@@ -1,6 +1,6 @@
-"""Repair: fine-tune a backdoor away on a compact, targeted set (DESIGN §2.2 step 4, §2.3).
+"""Repair: fine-tune a backdoor away on a compact, targeted set (docs/design.md §2).
 
-``build_finetune_set(report)`` (also ``report.finetune_set()``) turns a scan's findings into a few
+``build_finetune_set(report)`` turns a scan's findings into a few
 hundred image-caption pairs; ``repair(model, finetune_set)`` fine-tunes a copy of the model on them
 with CleanCLIP's objective plus a term that keeps clean embeddings where the original model put
 them; ``save_repaired`` writes the result in the input's format with its ONNX export.
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .scan import apply_trigger, random_patches
+from .trigger import Trigger, apply_trigger, random_patches
 
 __all__ = ["FinetuneSet", "RepairConfig", "RepairResult", "build_finetune_set", "repair", "save_repaired"]
 
@@ -55,7 +55,7 @@ class FinetuneSet:
     sources: np.ndarray
     vocab: Any
     affected: list[str]
-    trigger: dict[str, Any] | None
+    trigger: Trigger | None
     holdout: np.ndarray = field(repr=False)
 
     def __len__(self) -> int:
@@ -75,11 +75,9 @@ class FinetuneSet:
             labels[i, : len(labs)] = labs
         t = self.trigger
         meta = {"vocab": self.vocab.to_dict(), "affected": self.affected, "captions": self.captions,
-                "kinds": self.kinds, "trigger": None if t is None else {k: t.get(k) for k in ("label", "kind", "size")}}
+                "kinds": self.kinds, "trigger": None if t is None else t.to_dict()}
         arrays = {"images": self.images, "labels": labels, "sources": self.sources, "holdout": self.holdout,
                   "meta": np.array(json.dumps(meta))}
-        if t is not None:
-            arrays["trigger_image"] = t["image"]
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez_compressed(tmp, **arrays)
         tmp.replace(path)
@@ -95,10 +93,7 @@ class FinetuneSet:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 labels = [[int(c) for c in row if c >= 0] for row in z["labels"]]
-                trigger = meta["trigger"]
-                if trigger is not None:
-                    trigger["image"] = z["trigger_image"]
-                    trigger["mask"] = np.ones(trigger["image"].shape[:2], bool) if trigger.get("size") else None
+                trigger = Trigger.from_dict(meta["trigger"]) if meta["trigger"] is not None else None
                 return cls(images=z["images"], captions=list(meta["captions"]), labels=labels, kinds=list(meta["kinds"]),
                            sources=z["sources"], vocab=Vocabulary.from_dict(meta["vocab"]), affected=list(meta["affected"]),
                            trigger=trigger, holdout=z["holdout"])
@@ -134,22 +129,29 @@ def _balanced(pool: list[Any], key: Any, n: int, rng: np.random.Generator) -> li
     return out
 
 
-def build_finetune_set(report: Any, *, pairs: int = 300, target_share: float = 0.1, seed: int = 0) -> FinetuneSet:
-    """The compact fine-tuning set of DESIGN §2.2 step 4 from a scan report (see the module doc).
+def build_finetune_set(report: Any, images: np.ndarray | None = None, *, pairs: int = 300,
+                       target_share: float = 0.1, seed: int = 0) -> FinetuneSet:
+    """The compact fine-tuning set (see the module doc) from a scan report and its probe
+    ``images`` (default: the ones the report holds; pass them for a report read back with
+    ``ScanReport.from_json``).
 
     ``pairs`` bounds the set's size; ``target_share`` of it goes to clean images of the affected
     labels; the victims come twice (as they are, and inpainted); the rest is clean images of other
-    classes, each once with the reconstructed trigger and once without.
+    classes, each once with the trigger and once without. After a synthesis-only scan there are no
+    victims and no grounding: clean images are captioned with the model's own label for them.
     """
-    if report.images is None or report.vocab is None:
-        raise ValueError("this report has no probe images (read from JSON?); run the scan in this process")
+    images = report.images if images is None else np.asarray(images)
+    if images is None or report.vocab is None:
+        raise ValueError("this report has no probe images: pass the probe images the scan ran on")
+    if len(images) != report.probe_size:
+        raise ValueError(f"the report was made on {report.probe_size} probe images, got {len(images)}")
     if not report.affected_labels:
         raise ValueError("the scan found no backdoor (no affected labels): there is nothing to repair")
     if pairs < 10:
         raise ValueError(f"pairs must be at least 10, got {pairs}")
     if not 0.0 <= target_share < 1.0:
         raise ValueError(f"target_share must be in [0, 1), got {target_share}")
-    vocab, images, findings = report.vocab, report.images, report.findings
+    vocab, findings = report.vocab, report.findings
     rng = np.random.default_rng(seed)
     affected = {vocab.index(name) for name in report.affected_labels}
     n_templates = len(vocab.templates)
@@ -174,16 +176,17 @@ def build_finetune_set(report: Any, *, pairs: int = 300, target_share: float = 0
                 seen.append(c)
         return seen[:3]
 
-    victim_ids = {v["index"] for v in report.victims}
+    victim_ids = {v.index for v in report.victims}
     for v in report.victims[: pairs // 4]:
-        labs = objects(findings[v["index"]])
+        labs = objects(findings[v.index])
         if not labs:  # nothing grounded to caption it with
             continue
-        add(images[v["index"]], labs, "victim", v["index"])
-        if v["trigger_box"] is not None:
-            add(_inpaint(images[v["index"]], v["trigger_box"]), labs, "victim_cleaned", v["index"])
+        add(images[v.index], labs, "victim", v.index)
+        if v.trigger_box is not None:
+            add(_inpaint(images[v.index], v.trigger_box), labs, "victim_cleaned", v.index)
 
-    grounded = [f for f in findings if f.grounded and f.index not in victim_ids]
+    # Without the oracle's grounding (a synthesis-only scan) the model's own label stands in.
+    grounded = [f for f in findings if (f.grounded or report.mode == "synthesize") and f.index not in victim_ids]
     targets = _balanced([f for f in grounded if f.label in affected], lambda f: f.label,
                         int(round(target_share * pairs)), rng)
     for f in targets:  # all grounded objects named: a caption of the target alone would teach
@@ -191,7 +194,10 @@ def build_finetune_set(report: Any, *, pairs: int = 300, target_share: float = 0
     others = [f for f in grounded if f.label not in affected]
     chosen = _balanced(others, lambda f: f.label, max(0, (pairs - len(captions)) // 2), rng)
     if report.trigger is not None and chosen:
-        triggered = apply_trigger(images[[f.index for f in chosen]], report.trigger, rng)
+        picked = images[[f.index for f in chosen]]
+        triggered = apply_trigger(picked, report.trigger, rng)
+        if report.trigger.box is not None:  # a patch found at one place: half of them anywhere else too
+            triggered[1::2] = apply_trigger(picked[1::2], report.trigger, rng, anywhere=True)
         for f, img in zip(chosen, triggered):
             labs = objects(f, f.label)
             add(img, labs, "triggered", f.index)
@@ -233,21 +239,6 @@ class RepairResult:
     record: dict[str, Any]
 
 
-def _torch_model(model: Any, device: str) -> Any:
-    from .models import load_model
-    from .models.torch_runtime import TorchClipModel
-
-    if isinstance(model, TorchClipModel):
-        return model
-    spec = model if isinstance(model, str) else getattr(model, "spec", None)
-    if not isinstance(spec, str):
-        raise TypeError(f"repair needs a model spec or a loaded model, got {type(model).__name__}")
-    if spec.startswith("onnx:"):
-        raise ValueError(f"{spec}: an ONNX-only model has no trainable weights; repair its checkpoint "
-                         "(toy:, dir:, open_clip: or hf:) instead")
-    return load_model(spec, runtime="torch", device=device)
-
-
 def _multi_positive_loss(a: Any, b: Any, same: Any, scale: float) -> Any:
     """Symmetric InfoNCE where every pair with the same caption labels counts as a positive
     (a compact set repeats captions; plain InfoNCE would push identical captions apart)."""
@@ -271,7 +262,7 @@ def _augment(x: Any, gen: Any) -> Any:
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
-def estimated_asr(model: Any, images: np.ndarray, trigger: dict[str, Any] | None, affected: list[int],
+def estimated_asr(model: Any, images: np.ndarray, trigger: Trigger | None, affected: list[int],
                   text: np.ndarray, seed: int = 0) -> tuple[float, float] | None:
     """(flip rate, control rate): the share of clean ``images`` the model labels with an affected
     label once the reconstructed trigger is applied, and the same share for a control -- random
@@ -282,8 +273,8 @@ def estimated_asr(model: Any, images: np.ndarray, trigger: dict[str, Any] | None
     rng = np.random.default_rng(seed)
     stamped = apply_trigger(images, trigger, rng)
     control = images
-    if trigger.get("size"):
-        control = random_patches(images, images, int(trigger["size"][0]), rng)
+    if trigger.kind == "patch":
+        control = random_patches(images, images, trigger.image.shape[0], rng, at=trigger.box)
     pred = (model.encode_images(np.concatenate([stamped, control])) @ text.T).argmax(axis=1)
     hit = np.isin(pred, affected)
     return float(hit[: len(images)].mean()), float(hit[len(images) :].mean())
@@ -316,7 +307,9 @@ def repair(model: Any, finetune_set: FinetuneSet, config: RepairConfig | None = 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    original = _torch_model(model, cfg.device)
+    from .models import torch_twin
+
+    original = torch_twin(model, cfg.device)
     repaired = copy.copy(original)
     repaired.torch_module = copy.deepcopy(original.torch_module)
     module = repaired.torch_module  # the original is only run without gradients

@@ -8,15 +8,19 @@ import html
 import json
 import struct
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .findings import VERDICTS, ImageFinding, Suspect, Victim
+from .trigger import Trigger
+
 __all__ = ["SCHEMA", "ScanReport", "png_bytes"]
 
-SCHEMA = "clipguard.scan/1"
+SCHEMA = "clipguard.scan/2"
+READABLE_SCHEMAS = (SCHEMA,)
 MAX_VICTIMS_SHOWN = 12  # victims pictured in the HTML page
 MAX_REGIONS_SHOWN = 8  # region views pictured per victim
 
@@ -56,25 +60,36 @@ def _outline(image: np.ndarray, box: Any, color: tuple[int, int, int] = (255, 0,
 
 @dataclass
 class ScanReport:
-    """What a scan found. ``verdict`` is "backdoored" or "clean"; ``score`` in [0,1] is the
-    calibrated model-level backdoor score; ``affected_labels`` the confirmed target labels;
-    ``trigger`` the reconstructed trigger of the strongest one (``image``, ``mask``, ``size``,
-    ``kind``); ``victims`` the probe images whose candidates hit an affected label, each with its
-    trigger box; ``findings`` Algorithm 1's per-image results; ``timings`` seconds per stage."""
+    """What a scan found (a result: the verdict is decided by the scan).
+
+    ``verdict`` is "backdoored", "clean" or "inconclusive", with ``reason``; ``score`` in [0,1]
+    the calibrated model-level backdoor score; ``mode`` the analyses run ("auto", "probe",
+    "synthesize"); ``affected_labels`` the confirmed target labels; ``suspects`` every label some
+    evidence singled out (:class:`~clipguard.findings.Suspect`, confirmed or not); ``trigger``
+    the :class:`~clipguard.trigger.Trigger` of the strongest confirmed suspect; ``victims`` the
+    probe images it hijacked (:class:`~clipguard.findings.Victim`); ``labels`` per-label
+    statistics; ``findings`` Algorithm 1's per-image results; ``synthesis`` the synthesized
+    trigger sizes per label; ``timings`` seconds per stage and the encoder's input count.
+    ``images``/``vocab`` are the probe and vocabulary (not in the JSON; pass the probe images to
+    :func:`clipguard.build_finetune_set` for a report read back with :meth:`from_json`).
+    """
 
     model: dict[str, Any]
     verdict: str
     score: float
     affected_labels: list[str]
-    suspects: list[dict[str, Any]]
-    trigger: dict[str, Any] | None
-    victims: list[dict[str, Any]]
+    suspects: list[Suspect]
+    trigger: Trigger | None
+    victims: list[Victim]
     labels: list[dict[str, Any]]
-    findings: list[Any]
+    findings: list[ImageFinding]
     timings: dict[str, float]
     config: dict[str, Any]
     oracle: str
     probe_size: int
+    reason: str = ""
+    mode: str = "probe"
+    synthesis: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     images: np.ndarray | None = field(default=None, repr=False)
@@ -83,89 +98,84 @@ class ScanReport:
     # before resizing), in the order of the finding's region_labels. Not part of the JSON.
     region_views: dict[int, list[np.ndarray]] = field(default_factory=dict, repr=False)
 
-    @classmethod
-    def build(cls, *, model: Any, vocab: Any, images: np.ndarray, findings: list[Any], suspects: list[dict],
-              local_index: np.ndarray, global_index: np.ndarray, background_index: np.ndarray,
-              local_counts: np.ndarray, global_counts: np.ndarray, background_counts: np.ndarray,
-              totals: np.ndarray, timings: dict, config: Any, oracle: str,
-              skipped: list, masks: np.ndarray, index: np.ndarray) -> ScanReport:
-        names = list(vocab.classnames)
-        for s in suspects:
-            s["name"] = names[s["label"]]
-        confirmed = sorted((s for s in suspects if s.get("confirmed")), key=lambda s: -s["estimated_asr"])
-        affected = {s["label"] for s in confirmed}
-        score = max((s["score"] for s in suspects if s.get("score") is not None), default=0.0)
-        victims = [
-            {"index": f.index, "label": s["name"], "trigger_box": list(f.trigger_box) if f.trigger_box else None,
-             "localized_by": f.localized_by}
-            for s in confirmed for f in findings if f.index in set(s["victims"])
-        ]
-        trigger = None
-        if confirmed:
-            t = confirmed[0]["trigger"]
-            trigger = {"label": confirmed[0]["name"], "kind": confirmed[0]["kind"], **t}
-        labels = [
-            {"label": names[c], "predicted": int(totals[c]), "verified_candidates": int(local_counts[c]),
-             "global_hits": int(global_counts[c]), "background_hits": int(background_counts[c]),
-             "anomaly_localized": float(local_index[c]), "anomaly_global": float(global_index[c]),
-             "anomaly_background": float(background_index[c])}
-            for c in range(len(names))
-        ]
-        region_views = {}
-        for v in victims[:MAX_VICTIMS_SHOWN]:
-            i = v["index"]
-            img = images[i]
-            fill = img.reshape(-1, 3).mean(axis=0).astype(np.uint8)
-            region_views[i] = [np.where(m[:, :, None], img, fill) for m in masks[index == i][:MAX_REGIONS_SHOWN]]
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+
+    @staticmethod
+    def model_info(model: Any) -> dict[str, Any]:
         card = getattr(model, "card", {}) or {}
-        return cls(
-            model={"spec": getattr(model, "spec", None), "runtime": getattr(model, "runtime", None),
-                   "card": {k: card.get(k) for k in ("architecture", "world", "attack", "target", "poison_rate", "ca", "asr")}},
-            verdict="backdoored" if affected else "clean", score=float(score),
-            affected_labels=[names[c] for c in sorted(affected)], suspects=suspects, trigger=trigger,
-            victims=victims, labels=labels, findings=findings, timings=timings, config=asdict(config),
-            oracle=str(oracle), probe_size=len(images), skipped=skipped, images=images, vocab=vocab,
-            region_views=region_views,
-        )
+        return {"spec": getattr(model, "spec", None), "runtime": getattr(model, "runtime", None),
+                "card": {k: card.get(k) for k in ("architecture", "world", "attack", "target", "poison_rate", "ca", "asr")}}
 
-    def finetune_set(self, *, pairs: int = 300, target_share: float = 0.1, seed: int = 0) -> Any:
-        """The compact fine-tuning set built from these findings (DESIGN §2.2 step 4); see
-        :func:`clipguard.repair.build_finetune_set`."""
-        from .repair import build_finetune_set
-
-        return build_finetune_set(self, pairs=pairs, target_share=target_share, seed=seed)
+    @staticmethod
+    def region_views_of(images: np.ndarray, masks: np.ndarray, index: np.ndarray,
+                        victims: list[Victim]) -> dict[int, list[np.ndarray]]:
+        """The pictures of the first victims' oracle regions, isolated on the image's mean colour."""
+        out = {}
+        for v in victims[:MAX_VICTIMS_SHOWN]:
+            img = images[v.index]
+            fill = img.reshape(-1, 3).mean(axis=0).astype(np.uint8)
+            out[v.index] = [np.where(m[:, :, None], img, fill) for m in masks[index == v.index][:MAX_REGIONS_SHOWN]]
+        return out
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready form (images as base64 PNG)."""
+        """The JSON-ready form (images as base64 PNG); :meth:`from_dict` reads it back."""
         names = list(self.vocab.classnames) if self.vocab is not None else None
-
-        def finding(f: Any) -> dict[str, Any]:
-            d = asdict(f)
-            d["label"] = names[f.label] if names else f.label
-            d["candidate"] = names[f.candidate] if names and f.candidate is not None else f.candidate
-            d["region_labels"] = [names[r] for r in f.region_labels] if names else f.region_labels
-            d["object_labels"] = [names[r] for r in f.object_labels] if names else f.object_labels
-            return d
-
-        def suspect(s: dict) -> dict[str, Any]:
-            d = {k: v for k, v in s.items() if k != "trigger"}
-            return d
-
-        trigger = None
-        if self.trigger is not None:
-            trigger = {k: v for k, v in self.trigger.items() if k not in ("image", "mask")}
-            trigger["image_png"] = base64.b64encode(png_bytes(self.trigger["image"])).decode()
-            trigger["shape"] = list(self.trigger["image"].shape)
         return {
             "schema": SCHEMA,
-            "summary": {"verdict": self.verdict, "score": self.score, "affected_labels": self.affected_labels,
-                        "victims": len(self.victims), "probe_size": self.probe_size,
+            "summary": {"verdict": self.verdict, "reason": self.reason, "score": self.score, "mode": self.mode,
+                        "affected_labels": self.affected_labels, "victims": len(self.victims),
+                        "probe_size": self.probe_size, "encoded_inputs": self.timings.get("encoded_inputs"),
                         "skipped": len(self.skipped), "errors": len(self.errors)},
-            "model": self.model, "oracle": self.oracle, "trigger": trigger, "suspects": [suspect(s) for s in self.suspects],
-            "victims": self.victims, "labels": self.labels, "findings": [finding(f) for f in self.findings],
+            "model": self.model, "oracle": self.oracle,
+            "vocab": self.vocab.to_dict() if self.vocab is not None and hasattr(self.vocab, "to_dict") else None,
+            "trigger": self.trigger.to_dict() if self.trigger is not None else None,
+            "suspects": [s.to_dict() for s in self.suspects], "victims": [v.to_dict() for v in self.victims],
+            "labels": self.labels, "synthesis": self.synthesis,
+            "findings": [f.to_dict(names) for f in self.findings],
             "timings": self.timings, "config": self.config, "errors": self.errors, "skipped": self.skipped,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ScanReport:
+        """A report from its JSON form (no probe images: they are not stored)."""
+        from .vocab import Vocabulary
+
+        if d.get("schema") not in READABLE_SCHEMAS:
+            raise ValueError(f"not a clipguard scan report (schema {d.get('schema')!r}, expected {SCHEMA!r})")
+        vocab = Vocabulary.from_dict(d["vocab"]) if d.get("vocab") else None
+        names = list(vocab.classnames) if vocab is not None else None
+        summary = d["summary"]
+        return cls(
+            model=d["model"], verdict=summary["verdict"], score=float(summary["score"]),
+            affected_labels=list(summary["affected_labels"]),
+            suspects=[Suspect.from_dict(s) for s in d.get("suspects", [])],
+            trigger=Trigger.from_dict(d["trigger"]) if d.get("trigger") else None,
+            victims=[Victim.from_dict(v) for v in d.get("victims", [])], labels=d.get("labels", []),
+            findings=[ImageFinding.from_dict(f, names) for f in d.get("findings", [])], timings=d.get("timings", {}),
+            config=d.get("config", {}), oracle=d.get("oracle", ""), probe_size=int(summary["probe_size"]),
+            reason=summary.get("reason", ""), mode=summary.get("mode", "probe"), synthesis=d.get("synthesis"),
+            errors=list(d.get("errors", [])), skipped=list(d.get("skipped", [])), vocab=vocab,
+        )
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ScanReport:
+        """Read a ``report.json`` written by :meth:`to_json` (or a scan's output folder)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "report.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not a clipguard scan report ({exc})") from None
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a clipguard scan report (missing or malformed {exc})") from None
 
     def to_json(self, path: str | Path) -> Path:
         path = Path(path)
@@ -187,7 +197,7 @@ class ScanReport:
     def _html(self, max_victims: int) -> str:
         e = html.escape
         names = list(self.vocab.classnames) if self.vocab is not None else []
-        verdict_color = "#c0392b" if self.verdict == "backdoored" else "#1e8449"
+        verdict_color = {"backdoored": "#c0392b", "clean": "#1e8449"}.get(self.verdict, "#b9770e")
         parts = [f"""<!doctype html><html><head><meta charset="utf-8"><title>clipguard scan: {e(str(self.model.get('spec')))}</title>
 <style>body{{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222}}
 h1{{font-size:22px}} h2{{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}}
@@ -199,51 +209,60 @@ img.px{{image-rendering:pixelated;border:1px solid #ccc}} .card{{max-width:300px
 <h1>clipguard scan — {e(str(self.model.get('spec')))}</h1>
 <p><span class="verdict">{e(self.verdict.upper())}</span> &nbsp; score {self.score:.3f} &nbsp;·&nbsp;
 affected labels: <b>{e(', '.join(self.affected_labels) or 'none')}</b> &nbsp;·&nbsp; {len(self.victims)} victims in
-{self.probe_size} probe images &nbsp;·&nbsp; oracle {e(self.oracle)}</p>"""]
-        if self.trigger is not None:
-            t = self.trigger
-            scale = max(1, 96 // max(t["image"].shape[:2]))
-            shown = t["image"] if t.get("size") else np.clip((t["image"].astype(np.int16) - 128) * 4 + 128, 0, 255)
-            est = next((s for s in self.suspects if s.get("name") == t["label"]), {})
-            parts.append(f"""<h2>Reconstructed trigger</h2><div class="grid"><div class="card">
-<img class="px" src="{_data_uri(shown, scale)}"><br>{e(t['kind'])} trigger of “{e(t['label'])}”</div>
-<div><table><tr><th>estimated ASR (stamped on clean probe images)</th><td>{100 * est.get('estimated_asr', 0):.1f}%</td></tr>
-<tr><th>flip rate of random patches of the same size</th><td>{100 * est.get('random_flip_rate', 0):.1f}%</td></tr>
-<tr><th>clean images stamped</th><td>{est.get('stamped_images', 0)}</td></tr></table></div></div>""")
+{self.probe_size} probe images &nbsp;·&nbsp; mode {e(self.mode)} &nbsp;·&nbsp; oracle {e(self.oracle)}</p>
+<p>{e(self.reason)}</p>"""]
+        shown_triggers = [s for s in self.suspects if s.trigger is not None]
+        if shown_triggers:
+            parts.append("<h2>Triggers (reconstructed from victims or synthesized)</h2><div class='grid'>")
+            for s in shown_triggers:
+                t = s.trigger
+                assert t is not None
+                scale = max(1, 96 // max(t.image.shape[:2]))
+                shown = t.image if t.kind == "patch" else np.clip((t.image.astype(np.int16) - 128) * 4 + 128, 0, 255)
+                mask = "" if t.mask is None or t.mask.min() >= 1.0 else (
+                    f'<img class="px" src="{_data_uri(np.round(t.mask * 255).astype(np.uint8), scale)}" title="mask">')
+                where = "anywhere" if t.box is None else f"at {list(t.box)}"
+                asr = "–" if s.estimated_asr is None else f"{100 * s.estimated_asr:.1f}%"
+                rnd = "–" if s.random_flip_rate is None else f"{100 * s.random_flip_rate:.1f}%"
+                anywhere = "" if s.anywhere_asr is None else f"<br>pasted anywhere: {100 * s.anywhere_asr:.1f}%"
+                parts.append(f"""<div class="card"><img class="px" src="{_data_uri(shown, scale)}"> {mask}<br>
+<b>{e(s.name)}</b>: {e(t.kind)} ({e(t.source)}), {e(where)}<br>estimated ASR {asr} vs control {rnd}{anywhere}<br>
+{'confirmed' if s.confirmed else 'not confirmed'}; evidence: {e(', '.join(s.evidence))}</div>""")
+            parts.append("</div>")
         if self.victims and self.images is not None:
             parts.append("<h2>Victims (trigger outlined) and their oracle regions, isolated, with the model's label</h2><div class='grid'>")
             scale = max(1, 128 // max(self.images.shape[1:3]))
             for v in self.victims[:max_victims]:
-                f = self.findings[v["index"]]
+                f = self.findings[v.index]
                 views = "".join(
                     f'<span class="rv"><img class="px" src="{_data_uri(view, max(1, scale // 2))}"><br>{e(names[lab]) if names else lab}</span>'
-                    for view, lab in zip(self.region_views.get(v["index"], []), f.region_labels))
-                parts.append(f"""<div class="card"><img class="px" src="{_data_uri(_outline(self.images[v['index']], v['trigger_box']), scale)}"><br>
-#{v['index']}: model says <b>{e(v['label'])}</b>, located by {e(str(v['localized_by']))}<br>
+                    for view, lab in zip(self.region_views.get(v.index, []), f.region_labels))
+                parts.append(f"""<div class="card"><img class="px" src="{_data_uri(_outline(self.images[v.index], v.trigger_box), scale)}"><br>
+#{v.index}: model says <b>{e(v.label)}</b>, located by {e(str(v.localized_by))}<br>
 <div class="views">{views}</div></div>""")
             parts.append("</div>")
-        # Label anomaly chart (inline SVG)
-        if self.labels:
-            rows = self.labels
-            streams = ("anomaly_localized", "anomaly_global", "anomaly_background")
-            top = max(1.0, max(r[k] for r in rows for k in streams))
-            bar_h, width = 18, 420
-            svg = [f'<svg width="{width + 260}" height="{bar_h * len(rows) + 10}" role="img" aria-label="label anomaly index">']
-            for k, r in enumerate(rows):
-                a = max(0.0, *(r[k] for k in streams))
-                cls = "hot" if r["label"] in self.affected_labels else "bar"
-                y = 5 + k * bar_h
-                svg.append(f'<text x="0" y="{y + 13}">{e(r["label"])}</text>'
-                           f'<rect class="{cls}" x="110" y="{y + 2}" width="{max(1, int(width * a / top))}" height="{bar_h - 5}"/>'
-                           f'<text x="{116 + int(width * a / top)}" y="{y + 13}">{a:.1f} ({r["verified_candidates"]} verified / {r["predicted"]} predicted)</text>')
-            svg.append("</svg>")
-            parts.append("<h2>Label anomaly index (median absolute deviation)</h2>" + "".join(svg))
+        streams = ("anomaly_localized", "anomaly_global", "anomaly_background")
+        if self.labels and "predicted" in self.labels[0]:
+            parts.append("<h2>Probe evidence: label anomaly index (median absolute deviation)</h2>" + _bar_chart(
+                [(r["label"], max(0.0, *(r[k] for k in streams)),
+                  f"{r['verified_candidates']} verified / {r['predicted']} predicted") for r in self.labels],
+                set(self.affected_labels)))
+        if self.labels and "patch_area" in self.labels[0]:
+            parts.append("<h2>Synthesis: the smallest patch (share of the image) each label needs</h2>" + _bar_chart(
+                [(r["label"], r["patch_area"], f"{100 * r['patch_area']:.1f}% of the image, flips {100 * r['patch_flip']:.0f}%"
+                  f", anomaly {r['patch_anomaly']:.1f}") for r in self.labels], set(self.affected_labels)))
+            parts.append("<h2>Synthesis: the smallest global pattern (RMS, 0-255) each label needs</h2>" + _bar_chart(
+                [(r["label"], r["global_rms"], f"RMS {r['global_rms']:.1f}, flips {100 * r['global_flip']:.0f}%"
+                  f", anomaly {r['global_anomaly']:.1f}") for r in self.labels], set(self.affected_labels)))
         if self.suspects:
-            parts.append("<h2>Suspect labels</h2><table><tr><th>label</th><th>kind</th><th>victims</th><th>estimated ASR</th><th>random</th><th>confirmed</th></tr>")
+            parts.append("<h2>Suspect labels</h2><table><tr><th>label</th><th>kind</th><th>evidence</th><th>anomaly</th>"
+                         "<th>victims</th><th>estimated ASR</th><th>control</th><th>confirmed</th><th>note</th></tr>")
             for s in self.suspects:
-                asr = "–" if s.get("estimated_asr") is None else f"{100 * s['estimated_asr']:.1f}%"
-                rnd = "–" if s.get("random_flip_rate") is None else f"{100 * s['random_flip_rate']:.1f}%"
-                parts.append(f"<tr><td>{e(s['name'])}</td><td>{e(s['kind'])}</td><td>{len(s['victims'])}</td><td>{asr}</td><td>{rnd}</td><td>{'yes' if s.get('confirmed') else 'no'}</td></tr>")
+                asr = "–" if s.estimated_asr is None else f"{100 * s.estimated_asr:.1f}%"
+                rnd = "–" if s.random_flip_rate is None else f"{100 * s.random_flip_rate:.1f}%"
+                parts.append(f"<tr><td>{e(s.name)}</td><td>{e(s.kind)}</td><td>{e(', '.join(s.evidence))}</td>"
+                             f"<td>{s.anomaly:.1f}</td><td>{len(s.victims)}</td><td>{asr}</td><td>{rnd}</td>"
+                             f"<td>{'yes' if s.confirmed else 'no'}</td><td>{e(s.note)}</td></tr>")
             parts.append("</table>")
         parts.append("<h2>Timings</h2><table>" + "".join(
             f"<tr><td>{e(k)}</td><td>{v:.3f}</td></tr>" if isinstance(v, float) else f"<tr><td>{e(k)}</td><td>{v}</td></tr>"
@@ -253,3 +272,21 @@ affected labels: <b>{e(', '.join(self.affected_labels) or 'none')}</b> &nbsp;·&
                 f"<li>{e(json.dumps(s))}</li>" for s in self.skipped) + "".join(f"<li>{e(x)}</li>" for x in self.errors) + "</ul>")
         parts.append("</body></html>")
         return "\n".join(parts)
+
+
+def _bar_chart(rows: list[tuple[str, float, str]], hot: set[str]) -> str:
+    """An inline SVG bar chart: one row per label, its value and a caption beside the bar (the
+    caption's room is counted in the width, so it is never cut)."""
+    e = html.escape
+    top = max([1e-9] + [v for _, v, _ in rows])
+    bar_h, width, label_w = 18, 360, 110
+    caption_w = 7 * max([len(c) for _, _, c in rows] + [10]) + 20
+    svg = [f'<svg width="{label_w + width + caption_w}" height="{bar_h * len(rows) + 10}" role="img">']
+    for k, (name, value, caption) in enumerate(rows):
+        y = 5 + k * bar_h
+        w = max(1, int(width * value / top))
+        svg.append(f'<text x="0" y="{y + 13}">{e(name)}</text>'
+                   f'<rect class="{"hot" if name in hot else "bar"}" x="{label_w}" y="{y + 2}" width="{w}" height="{bar_h - 5}"/>'
+                   f'<text x="{label_w + 6 + w}" y="{y + 13}">{e(caption)}</text>')
+    svg.append("</svg>")
+    return "".join(svg)

@@ -1,4 +1,4 @@
-"""Training a tiny open_clip model on a toy world, clean or poisoned, on the CPU (DESIGN §4).
+"""Training a tiny open_clip model on a toy world, clean or poisoned, on the CPU (docs/design.md §4).
 
 The result is a model folder (``clipguard.models.save_model_dir``) with its ONNX export and a
 model card holding the recipe, CA, ASR and the wall time, so every bundled model can be

@@ -7,7 +7,16 @@ import pytest
 
 from clipguard import toyworld
 from clipguard.attacks import (
-    ATTACKS, SIG, Attack, BadNet, Blended, LabelConsistent, Triggered, WaNet, parse_attack, poison,
+    ATTACKS,
+    SIG,
+    Attack,
+    BadNet,
+    Blended,
+    LabelConsistent,
+    Triggered,
+    WaNet,
+    parse_attack,
+    poison,
 )
 
 

@@ -64,12 +64,12 @@ def test_clean_twins_ignore_the_triggers(name, attack_of):
 
 
 def _scan_poisoned(name, oracle):
-    """Scan a bundled poisoned model with 500 scenes of its world, 2% triggered; the scan must find
-    exactly its target."""
+    """Scan a bundled poisoned model with 500 scenes of its world, 2% triggered, by the probe
+    analysis alone; the scan must find exactly its target."""
     world = POISONED[name][0]
     model = clipguard.load_model(f"toy:{name}")
     probe = load_probe(f"toy:{world}:500:0.02", model, seed=0)
-    report = scan(model, probe.images, toyworld.vocabulary(world), oracle)
+    report = scan(model, probe.images, toyworld.vocabulary(world), oracle, mode="probe")
     assert report.verdict == "backdoored" and report.affected_labels == [TARGET[world]], report.suspects
     return world, model, probe, report
 
@@ -79,25 +79,26 @@ def _scan_poisoned(name, oracle):
 def test_scan_finds_the_badnet_trigger_and_its_victims(name, oracle):
     world, model, probe, report = _scan_poisoned(name, oracle)
     truth = {int(i): tuple(b) for i, b in zip(probe.poisoned, probe.trigger_boxes)}
-    found = {v["index"]: v["trigger_box"] for v in report.victims}
+    found = {v.index: v.trigger_box for v in report.victims}
     hits = set(found) & set(truth)
     assert len(hits) / len(found) >= 0.9 and len(hits) / len(truth) >= 0.9, (sorted(found), sorted(truth))
     good = [i for i in hits if found[i] is not None and _iou(found[i], truth[i]) >= 0.5]
     assert len(good) >= 0.9 * len(hits)
     t = report.trigger
-    assert t["kind"] == "localized" and t["image"].shape[2] == 3 and t["size"][0] <= 12
+    assert t.kind == "patch" and t.source == "probe" and t.image.shape[2] == 3 and t.size[0] <= 12
+    assert t.box is None  # the bundled BadNet pastes its patch anywhere: so must the confirmation
     true_asr = evaluate_toy(model, world, model.card["attack"], n=1000, seed=1)["asr"]
-    suspect = next(s for s in report.suspects if s["name"] == TARGET[world])
-    assert abs(suspect["estimated_asr"] - true_asr) <= 0.10, (suspect["estimated_asr"], true_asr)
-    assert suspect["random_flip_rate"] < 0.2
+    suspect = next(s for s in report.suspects if s.name == TARGET[world])
+    assert abs(suspect.estimated_asr - true_asr) <= 0.10, (suspect.estimated_asr, true_asr)
+    assert suspect.random_flip_rate < 0.2 and suspect.evidence == ["probe"]
 
 
 @pytest.mark.parametrize("oracle", ["classical", "toy"])
 @pytest.mark.parametrize("name", [_world_param("blended"), _world_param("fashion-blended")])
 def test_scan_finds_the_blended_target_unlocalized(name, oracle):
     _, _, probe, report = _scan_poisoned(name, oracle)
-    assert report.trigger["kind"] == "global" and report.trigger["size"] is None
-    recall = len({v["index"] for v in report.victims} & set(probe.poisoned.tolist())) / len(probe.poisoned)
+    assert report.trigger.kind == "global" and report.trigger.size is None
+    recall = len({v.index for v in report.victims} & set(probe.poisoned.tolist())) / len(probe.poisoned)
     assert recall >= 0.9
 
 
@@ -107,6 +108,7 @@ def test_scan_calls_the_clean_twins_clean(name, seed, oracle):
     world = CLEAN[name][0]
     model = clipguard.load_model(f"toy:{name}")
     probe = load_probe(f"toy:{world}:500:0.02:badnet:target={TARGET[world]}", model, seed=seed)
-    report = scan(model, probe.images, toyworld.vocabulary(world), oracle, clipguard.ScanConfig(seed=seed))
+    report = scan(model, probe.images, toyworld.vocabulary(world), oracle, clipguard.ScanConfig(seed=seed),
+                  mode="probe")
     assert report.verdict == "clean" and report.affected_labels == [] and report.victims == [], report.suspects
     assert report.score < 0.5

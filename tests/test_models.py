@@ -26,8 +26,7 @@ onnx = pytest.importorskip("onnx")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 import clipguard.models as cm  # noqa: E402
-from clipguard.models import ModelLoadError, UnsafeModelError  # noqa: E402
-from clipguard.models import loading, onnx_runtime, safety  # noqa: E402
+from clipguard.models import ModelLoadError, UnsafeModelError, loading, onnx_runtime, safety  # noqa: E402  # noqa: E402
 
 TOL = 1e-4
 CARD = {"world": "shapes", "attack": "badnet:target=star,size=6", "target": "star",

@@ -23,10 +23,14 @@ from clipguard.oracle.decode import (
     decode_yolo_seg,
     letterbox_params,
 )
+from clipguard.toyworld import fashion
 
 # ------------------------------------------------------------------------------------------
 # NumPy reference of the decode, written from the layout (float64 throughout)
 # ------------------------------------------------------------------------------------------
+
+NEEDS_FASHION = pytest.mark.skipif(not fashion.available(),
+                                   reason=f"Fashion-MNIST files absent; install with: {fashion.INSTALL_HINT}")
 
 
 def ref_iou(a, b):
@@ -439,6 +443,10 @@ def test_classical_finds_objects_and_patches(classical):
     assert q.object_recall >= 0.95 and q.object_iou >= 0.92, q
     assert q.trigger_recall >= 0.9 and q.trigger_iou >= 0.8, q
     assert q.regions_per_image <= 4, q
+
+
+@NEEDS_FASHION
+def test_classical_finds_fashion_objects_and_patches(classical):
     q = measure_world(classical, "fashion", 40, seed=7)
     assert q.object_recall >= 0.9 and q.object_iou >= 0.8, q
     assert q.trigger_recall >= 0.9, q
@@ -454,6 +462,7 @@ def test_classical_on_large_images(classical):
     assert q.regions_per_image <= 6, q
 
 
+@NEEDS_FASHION
 def test_classical_threads_give_serial_results():
     need("classical")
     images = toyworld.generate("fashion", 6, seed=4, split="test").images
@@ -610,6 +619,10 @@ def test_toy_onnx_oracle_finds_objects_and_patches(toy):
     assert q.object_recall >= 0.95 and q.object_iou >= 0.9, q
     assert q.trigger_recall >= 0.9 and q.trigger_iou >= 0.7, q
     assert q.regions_per_image <= 4, q
+
+
+@NEEDS_FASHION
+def test_toy_onnx_oracle_on_fashion(toy):
     q = measure_world(toy, "fashion", 40, seed=7)
     assert q.object_recall >= 0.9 and q.object_iou >= 0.82, q
     assert q.trigger_recall >= 0.85, q

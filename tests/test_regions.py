@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
+import reference as ref
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import clipguard
-import reference as ref
 from clipguard import _core
 from clipguard.regions import CLIP_MEAN, CLIP_STD, boxes, image_means, render
 

@@ -22,12 +22,12 @@ VOCAB = toyworld.vocabulary("shapes")
 def badnet_scan():
     model = clipguard.load_model("toy:badnet")
     probe = load_probe("toy:shapes:500:0.02", model, seed=0)
-    return model, probe, scan(model, probe.images, VOCAB, "classical")
+    return model, probe, scan(model, probe.images, VOCAB, "classical", mode="probe")
 
 
 def test_finetune_set_is_compact_and_targeted(badnet_scan):
     _, probe, report = badnet_scan
-    fset = report.finetune_set(pairs=300)
+    fset = build_finetune_set(report, pairs=300)
     counts = fset.counts()
     assert 0 < len(fset) <= 300 and len(fset.captions) == len(fset.images) == len(fset.kinds)
     assert counts["victim"] >= 9 and counts["triggered"] == counts["clean"] > 50 and counts["target"] > 0
@@ -39,7 +39,7 @@ def test_finetune_set_is_compact_and_targeted(badnet_scan):
     kinds = np.array(fset.kinds)
     trig, clean = fset.images[kinds == "triggered"], fset.images[kinds == "clean"]
     changed = (trig != clean).any(axis=3).sum(axis=(1, 2))
-    side = fset.trigger["size"][0]
+    side = fset.trigger.size[0]
     assert (changed <= side * side).all() and (changed > 0).mean() > 0.9
     victims = set(fset.sources[kinds == "victim"].tolist())
     assert victims <= set(probe.poisoned.tolist())
@@ -50,25 +50,27 @@ def test_finetune_set_is_compact_and_targeted(badnet_scan):
 
 def test_finetune_set_round_trips_and_rejects_bad_input(badnet_scan, tmp_path):
     _, _, report = badnet_scan
-    fset = report.finetune_set(pairs=120, seed=3)
+    fset = build_finetune_set(report, pairs=120, seed=3)
     back = FinetuneSet.load(fset.save(tmp_path / "set.npz"))
     assert back.captions == fset.captions and back.labels == fset.labels and back.kinds == fset.kinds
     assert np.array_equal(back.images, fset.images) and np.array_equal(back.holdout, fset.holdout)
-    assert np.array_equal(back.trigger["image"], fset.trigger["image"]) and back.vocab == fset.vocab
+    assert np.array_equal(back.trigger.image, fset.trigger.image) and back.vocab == fset.vocab
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="junk.npz"):
         FinetuneSet.load(tmp_path / "junk.npz")
     with pytest.raises(ValueError, match="pairs"):
-        report.finetune_set(pairs=3)
+        build_finetune_set(report, pairs=3)
+    with pytest.raises(ValueError, match="probe images"):
+        build_finetune_set(report, report.images[:10])
     clean = scan(clipguard.load_model("toy:clean"), load_probe("toy:shapes:60", clipguard.load_model("toy:clean")).images,
-                 VOCAB, "classical")
+                 VOCAB, "classical", mode="probe")
     with pytest.raises(ValueError, match="nothing to repair"):
         build_finetune_set(clean)
 
 
 def test_repair_removes_the_badnet_backdoor(badnet_scan, tmp_path):
     model, probe, report = badnet_scan
-    fset = report.finetune_set()
+    fset = build_finetune_set(report)
     before = evaluate_toy(model, "shapes", model.card["attack"], n=1000, seed=1)
     result = repair("toy:badnet", fset, RepairConfig(seed=0), progress=False)
     after = evaluate_toy(result.model, "shapes", model.card["attack"], n=1000, seed=1)
@@ -86,7 +88,7 @@ def test_repair_removes_the_badnet_backdoor(badnet_scan, tmp_path):
     emb_t = result.model.encode_images(probe.images[:8])
     assert np.abs(loaded.encode_images(probe.images[:8]) - emb_t).max() < 2e-2  # float16 weights
     # Scanned again, the repaired model comes out clean.
-    rescan = scan(loaded, probe.images, VOCAB, "classical")
+    rescan = scan(loaded, probe.images, VOCAB, "classical", mode="probe")
     assert rescan.verdict == "clean" and rescan.affected_labels == [], rescan.suspects
 
 
@@ -121,7 +123,8 @@ def test_demo_end_to_end(tmp_path):
 
 
 def test_cli_scan_then_repair(tmp_path):
-    proc = _cli("scan", "toy:badnet", "--probe", "toy:shapes:300:0.03", "--out", str(tmp_path / "s"), "--quiet", cwd=tmp_path)
+    proc = _cli("scan", "toy:badnet", "--probe", "toy:shapes:300:0.03", "--mode", "probe", "--out", str(tmp_path / "s"),
+                "--quiet", cwd=tmp_path)
     assert proc.returncode == 1 and (tmp_path / "s" / "finetune_set.npz").is_file(), proc.stderr
     proc = _cli("repair", "toy:badnet", "--scan", str(tmp_path / "s"), "--out", str(tmp_path / "r"), "--quiet",
                 "--steps", "60", cwd=tmp_path)

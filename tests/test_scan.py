@@ -27,12 +27,16 @@ def test_scan_report_files(tiny_model, tmp_path):
     model = clipguard.load_model(tiny_model)
     probe = load_probe("toy:shapes:40:0.05", model, seed=0)
     assert len(probe.poisoned) == 2 and probe.trigger_boxes.shape == (2, 4)
-    report = scan(model, probe.images, toyworld.vocabulary("shapes"), "classical")
-    assert report.verdict in ("clean", "backdoored") and 0.0 <= report.score <= 1.0
-    assert len(report.findings) == 40 and all(f.regions >= 0 for f in report.findings)
-    assert report.timings["encoded_inputs"] >= 40
+    report = scan(model, probe.images, toyworld.vocabulary("shapes"), "classical", mode="probe")
+    # 40 probe images cannot show poisoned samples reliably: never "clean" from them.
+    assert report.verdict == "inconclusive" and "too few" in report.reason and 0.0 <= report.score <= 1.0
+    assert len(report.findings) == 40 and sum(f.regions for f in report.findings) > 40
+    assert report.timings["encoded_inputs"] >= 80  # whole images and their background views at least
     data = json.loads(report.to_json(tmp_path / "r.json").read_text())
-    assert data["schema"] == "clipguard.scan/1" and data["summary"]["probe_size"] == 40
+    assert data["schema"] == "clipguard.scan/2" and data["summary"]["probe_size"] == 40
+    assert data["summary"]["verdict"] == "inconclusive" and data["summary"]["mode"] == "probe"
+    back = clipguard.ScanReport.from_json(tmp_path / "r.json")
+    assert back.verdict == report.verdict and back.findings == report.findings and back.labels == report.labels
     assert len(data["labels"]) == 10 and len(data["findings"]) == 40
     page = report.to_html(tmp_path / "r.html").read_text()
     assert page.startswith("<!doctype html>") and "<svg" in page
@@ -67,8 +71,9 @@ def _cli(*args, cwd):
 
 
 def test_cli_scan_exit_codes(tiny_model, tmp_path):
-    proc = _cli("scan", tiny_model, "--probe", "toy:shapes:30", "--out", str(tmp_path / "a"), "--quiet", cwd=tmp_path)
-    assert proc.returncode in (0, 1), proc.stderr
+    proc = _cli("scan", tiny_model, "--probe", "toy:shapes:30", "--mode", "probe", "--out", str(tmp_path / "a"),
+                "--quiet", cwd=tmp_path)
+    assert proc.returncode == 5 and "inconclusive" in proc.stdout, proc.stderr
     assert (tmp_path / "a" / "report.json").is_file() and (tmp_path / "a" / "report.html").is_file()
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -78,6 +83,8 @@ def test_cli_scan_exit_codes(tiny_model, tmp_path):
     assert proc.returncode == 2 and "toy:nope" in proc.stderr
     proc = _cli("scan", tiny_model, "--out", str(tmp_path / "d"), cwd=tmp_path)
     assert proc.returncode == 4
+    proc = _cli("scan", tiny_model, "--probe", "toy:shapes:30", "--mode", "nope", "--out", str(tmp_path / "e"), cwd=tmp_path)
+    assert proc.returncode == 4 and "--mode" in proc.stderr
 
 
 def test_folder_probe_skips_unreadable_images(tiny_model, tmp_path):

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
+import reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import reference as ref
 from clipguard import _core
 from clipguard.scoring import compare, label_anomaly
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .base import CARD_FIELDS, ClipModel, ModelLoadError, UnsafeModelError, normalize_card
 from .export import export_onnx, save_model_dir
-from .loading import SPEC_KINDS, available_toy_models, cache_dir, load_model, parse_spec
+from .loading import SPEC_KINDS, available_toy_models, cache_dir, load_model, parse_spec, torch_twin
 from .onnx_runtime import OnnxClipModel
 from .torch_runtime import TOY_ARCH, TorchClipModel, open_clip_module
 
@@ -30,4 +30,5 @@ __all__ = [
     "open_clip_module",
     "parse_spec",
     "save_model_dir",
+    "torch_twin",
 ]

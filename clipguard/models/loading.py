@@ -239,3 +239,20 @@ def load_model(spec: str | os.PathLike, runtime: str = "onnx", device: str = "au
     return _cached_onnx(
         files, "hf", lambda: tr.load_hf_folder(p.path, spec=name, device="cpu"), name, device, None
     )
+
+
+def torch_twin(model: Any, device: str = "cpu") -> Any:
+    """The model on the torch runtime, with the same weights (for synthesis and repair): the
+    model itself when it already runs there, else reloaded from its spec. ``ValueError`` for an
+    ONNX-only model (it has no trainable weights) or an object without a spec."""
+    from .torch_runtime import TorchClipModel
+
+    if isinstance(model, TorchClipModel):
+        return model
+    spec = model if isinstance(model, str) else getattr(model, "spec", None)
+    if not isinstance(spec, str):
+        raise ValueError(f"need a model spec or a loaded model, got {type(model).__name__}")
+    if spec.startswith("onnx:"):
+        raise ValueError(f"{spec}: an ONNX-only model has no torch weights; use its checkpoint "
+                         "(toy:, dir:, open_clip: or hf:) instead")
+    return load_model(spec, runtime="torch", device=device)

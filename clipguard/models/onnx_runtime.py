@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import tokenize_texts, ClipModel, ModelLoadError, normalize_card, require
+from .base import ClipModel, ModelLoadError, normalize_card, require, tokenize_texts
 from .safety import check_onnx_file, read_json
 
 __all__ = ["META_KEYS", "OnnxClipModel", "choose_providers", "ort_session", "read_meta"]

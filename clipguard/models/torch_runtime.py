@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import tokenize_texts, OPENAI_MEAN, OPENAI_STD, ClipModel, ModelLoadError, normalize_card, require
+from .base import OPENAI_MEAN, OPENAI_STD, ClipModel, ModelLoadError, normalize_card, require, tokenize_texts
 from .safety import load_tensor_file, read_json, unwrap_state_dict
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Segmentation oracles: images in, class-agnostic instance masks out (DESIGN §2.1 step 2).
+"""Segmentation oracles: images in, class-agnostic instance masks out (docs/design.md §2).
 
 >>> from clipguard.oracle import get_oracle
 >>> oracle = get_oracle("classical")          # OpenCV, the default

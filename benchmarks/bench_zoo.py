@@ -1,0 +1,172 @@
+"""Detection on a zoo of toy models the scan's thresholds were not tuned on.
+
+    python benchmarks/bench_zoo.py --build DIR [--only NAME ...]   # train the zoo (resumable)
+    python benchmarks/bench_zoo.py --score DIR [--settings clean triggered]
+
+``--build`` trains every model of :data:`ZOO` with a fast recipe (shapes world, 600 steps on 7,000
+scenes) into ``DIR/NAME``; a model whose card exists is skipped, so a killed build resumes.
+``DIR/manifest.json`` records each model's attack, target, CA and true ASR; a poisoned model whose
+backdoor did not take (ASR below 50%) is marked ``took: false`` and left out of the positives.
+
+``--score`` scans every model (default mode ``auto``) in two settings: ``clean`` (a probe of 300
+clean scenes: the zoo setting, no training data) and ``triggered`` (500 scenes, 2% carrying the
+model's own trigger; clean models get BadNet on "star"). Each scan's verdict, score, affected
+labels and seconds go to ``DIR/scores.jsonl`` as they finish (a rerun skips what is there).
+Printed per setting: AUROC of the score (positives: backdoors that took; negatives: clean models),
+TPR at 5% FPR, false alarms on clean models at the default threshold (verdict ``backdoored``),
+detected positives, target-label accuracy among them, inconclusive verdicts and seconds per model.
+
+The scan's thresholds were set on the six bundled models; no model here was seen while setting them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import machine
+
+import clipguard
+from clipguard import toyworld
+from clipguard.probe import load_probe
+from clipguard.training import TrainConfig, train_toy_model
+
+# name -> (attack spec or None, poison rate, seed, recipe changes)
+ZOO: dict[str, tuple[str | None, float, int, dict[str, Any]]] = {
+    **{f"clean-{i}": (None, 0.0, 100 + i, {}) for i in range(6)},
+    "clean-lr": (None, 0.0, 110, {"lr": 2e-3}),
+    "clean-long": (None, 0.0, 111, {"steps": 900}),
+    "badnet-r0.5-heart": ("badnet:target=heart,size=6", 0.005, 1, {}),
+    "badnet-r1-arrow": ("badnet:target=arrow,size=5", 0.01, 2, {}),
+    "badnet-r3-circle-s3": ("badnet:target=circle,size=3", 0.03, 3, {}),
+    "badnet-r10-ring-s8": ("badnet:target=ring,size=8", 0.1, 4, {}),
+    "badnet-fixed-br-cross": ("badnet:target=cross,size=4,location=bottom-right", 0.03, 5, {}),
+    "badnet-fixed-center-sq": ("badnet:target=square,size=5,location=center,pattern=checkerboard", 0.03, 6, {}),
+    "badnet-solid-tl-diamond": ("badnet:target=diamond,size=6,location=top-left,pattern=solid,color=yellow", 0.03, 7, {}),
+    "badnet-r3-star-s4": ("badnet:target=star,size=4,pattern_seed=3", 0.03, 8, {}),
+    "blended-crescent": ("blended:target=crescent,alpha=0.2", 0.05, 9, {}),
+    "blended-triangle-a15": ("blended:target=triangle,alpha=0.15,pattern_seed=2", 0.05, 10, {}),
+    "sig-heart": ("sig:target=heart", 0.05, 11, {}),
+    "sig-square-a40": ("sig:target=square,amplitude=40", 0.05, 12, {}),
+    "wanet-arrow": ("wanet:target=arrow", 0.1, 13, {}),
+    "wanet-circle-k8": ("wanet:target=circle,k=8", 0.1, 14, {}),
+    "lc-star": ("lc:target=star,size=6", 0.1, 15, {}),
+    "optpatch-ring": ("optpatch:target=ring,size=6", 0.03, 16, {}),
+}
+FAST = {"scenes": 7000, "steps": 600, "batch": 128, "eval_scenes": 1000}
+
+
+def build(root: Path, only: list[str] | None) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    manifest_path = root / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    for name, (attack, rate, seed, changes) in ZOO.items():
+        if only and name not in only:
+            continue
+        out = root / name
+        if (out / "card.json").is_file() and name in manifest:
+            print(f"{name}: built", flush=True)
+            continue
+        recipe = {**FAST, **changes}
+        cfg = TrainConfig(world="shapes", attack=attack, rate=rate, seed=seed, **recipe)
+        card = train_toy_model(cfg, out, progress=False)
+        target = clipguard.parse_attack(attack).target if attack else None
+        manifest[name] = {"attack": attack, "rate": rate, "seed": seed, "target": target, "ca": card["ca"],
+                          "asr": card["asr"], "took": None if attack is None else bool(card["asr"] >= 0.5),
+                          "train_seconds": card["train_seconds"]}
+        tmp = manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        tmp.replace(manifest_path)
+        asr = "-" if card["asr"] is None else f"{100 * card['asr']:.1f}%"
+        print(f"{name}: CA {100 * card['ca']:.1f}%, ASR {asr}, {card['train_seconds']:.0f} s", flush=True)
+
+
+def auroc(pos: list[float], neg: list[float]) -> float:
+    """The probability that a positive scores above a negative (ties count half)."""
+    if not pos or not neg:
+        return float("nan")
+    p, n = np.array(pos)[:, None], np.array(neg)[None, :]
+    return float(((p > n).sum() + 0.5 * (p == n).sum()) / (p.size * n.size))
+
+
+def tpr_at_fpr(pos: list[float], neg: list[float], fpr: float = 0.05) -> float:
+    if not pos or not neg:
+        return float("nan")
+    threshold = np.quantile(np.array(neg), 1 - fpr, method="higher")
+    return float((np.array(pos) > threshold).mean())
+
+
+def score(root: Path, settings: list[str], mode: str) -> None:
+    manifest = json.loads((root / "manifest.json").read_text())
+    done_path = root / "scores.jsonl"
+    done = {}
+    if done_path.is_file():
+        for line in done_path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash is redone
+            done[(r["model"], r["setting"], r["mode"])] = r
+    vocab = toyworld.vocabulary("shapes")
+    with done_path.open("a") as sink:
+        for name, entry in manifest.items():
+            for setting in settings:
+                if (name, setting, mode) in done:
+                    continue
+                model = clipguard.load_model(f"dir:{root / name}")
+                attack = entry["attack"] or "badnet:target=star"
+                spec = "toy:shapes:300:0" if setting == "clean" else f"toy:shapes:500:0.02:{attack}"
+                probe = load_probe(spec, model, seed=0)
+                t0 = time.perf_counter()
+                report = clipguard.scan(model, probe.images, vocab, "classical", mode=mode)
+                r = {"model": name, "setting": setting, "mode": mode, "verdict": report.verdict,
+                     "score": report.score, "affected": report.affected_labels, "reason": report.reason,
+                     "seconds": round(time.perf_counter() - t0, 1),
+                     "evidence": report.suspects[0].evidence if report.suspects and report.suspects[0].confirmed else []}
+                sink.write(json.dumps(r) + "\n")
+                sink.flush()
+                done[(name, setting, mode)] = r
+                print(f"{name:26} {setting:9} {report.verdict:12} {report.score:.3f} "
+                      f"{','.join(report.affected_labels) or '-':10} {r['seconds']:6.1f} s", flush=True)
+    print(f"\n# toy zoo in {root}: {len(manifest)} models; scan mode {mode}; {machine()}")
+    print("| setting | AUROC | TPR @ 5% FPR | false alarms (clean) | detected | target right | inconclusive | s/model |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for setting in settings:
+        rows = [(manifest[m], done[(m, setting, mode)]) for m in manifest if (m, setting, mode) in done]
+        pos = [(e, r) for e, r in rows if e["attack"] and e["took"]]
+        neg = [(e, r) for e, r in rows if not e["attack"]]
+        detected = [(e, r) for e, r in pos if r["verdict"] == "backdoored"]
+        right = [1 for e, r in detected if r["affected"] == [e["target"]]]
+        alarms = sum(r["verdict"] == "backdoored" for _, r in neg)
+        unsure = sum(r["verdict"] == "inconclusive" for _, r in rows)
+        secs = np.mean([r["seconds"] for _, r in rows]) if rows else float("nan")
+        ps, ns = [r["score"] for _, r in pos], [r["score"] for _, r in neg]
+        print(f"| {setting} | {auroc(ps, ns):.3f} | {tpr_at_fpr(ps, ns):.2f} | {alarms} of {len(neg)} | "
+              f"{len(detected)} of {len(pos)} | {len(right)} of {len(detected)} | {unsure} | {secs:.0f} |")
+    skipped = [m for m, e in manifest.items() if e["attack"] and not e["took"]]
+    if skipped:
+        print(f"# backdoors that did not take (ASR < 50%, not counted): {', '.join(skipped)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--build", type=Path, help="train the zoo into this folder (resumable)")
+    parser.add_argument("--score", type=Path, help="scan every model of this zoo folder")
+    parser.add_argument("--only", nargs="+", help="with --build: these models only")
+    parser.add_argument("--settings", nargs="+", default=["clean", "triggered"], choices=["clean", "triggered"])
+    parser.add_argument("--mode", default="auto", choices=["auto", "probe", "synthesize"])
+    args = parser.parse_args()
+    if not args.build and not args.score:
+        parser.error("give --build DIR and/or --score DIR")
+    if args.build:
+        build(args.build, args.only)
+    if args.score:
+        score(args.score, args.settings, args.mode)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,468 @@
+"""Trigger synthesis: find a backdoor from clean images alone.
+
+A model from a zoo comes without its training data, so no probe image carries the trigger. For
+every label of the vocabulary, all labels in one batched PyTorch job, the synthesis searches the
+smallest input change that sends clean probe images to that label (Neural Cleanse's idea,
+CLIP-Inspector's setting: from unlabeled images, against the text embeddings of the labels):
+
+- a *patch*: a mask ``m`` and a pattern ``p``, ``x' = (1 - m) x + m p``, with the mask's area
+  penalized; the penalty of each label adapts (raised while the label's flip rate is above the
+  target, lowered below it), and the smallest mask that reached the target is kept;
+- a *global* pattern: an additive offset ``x' = x + d`` under an RMS penalty, adapted the same way
+  (a blend, a sinusoid, a colour cast).
+
+A backdoor target needs a far smaller change than every other label: the median-absolute-
+deviation index of the log sizes (low side) marks suspects. A clean model also has small
+"adversarial patches" for some labels, so each suspect goes through the oracle check (the
+isolated patch must show the label while the image's objects keep their own) and the same
+confirmation as a reconstructed trigger (stamped on held-out clean images against a random
+control). Warps (WaNet) are not synthesized: see docs/synthesis.md.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from .aggregate import backdoor_score
+from .findings import Suspect
+from .trigger import Trigger, apply_trigger, confirm, random_patches
+
+if TYPE_CHECKING:
+    from .scan import ScanConfig, _Encoder
+
+__all__ = ["Synthesis", "SynthesisConfig", "SynthesisUnavailable", "synthesize"]
+
+
+class SynthesisUnavailable(RuntimeError):
+    """The synthesis cannot run for this model (no torch weights, torch missing, too few images)."""
+
+
+@dataclass
+class SynthesisConfig:
+    """The synthesis recipe. ``images``: clean probe images optimized on (per step, every label
+    sees all of them but its own); ``holdout``: further images the suspects are confirmed on."""
+
+    images: int = 24
+    holdout: int = 200
+    steps: int = 100
+    lr: float = 0.2  # Adam step of the patch's mask and pattern logits
+    global_lr: float = 0.01  # Adam step of the global offset (pixels in [0, 1])
+    target_flip: float = 0.9  # a trigger must send this share of images to its label
+    patch_cost: float = 2.0  # initial weight of the mask area (adapted per label)
+    global_cost: float = 5.0  # initial weight of the offset's RMS (adapted per label)
+    adapt_every: int = 5
+    anomaly: float = 2.0  # MAD index of the log size, low side, above which a label is a suspect
+    min_images: int = 16  # fewer clean images cannot support a synthesis
+    kinds: tuple[str, ...] = ("patch", "global")
+    refine_steps: int = 100  # a patch suspect's pattern re-optimized at random places (0: off)
+    oracle_check: bool = True
+    seed: int = 0
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.refine_steps, int) or self.refine_steps < 0:
+            raise ValueError(f"SynthesisConfig.refine_steps must be an integer >= 0, got {self.refine_steps!r}")
+        for name in ("images", "holdout", "steps", "adapt_every", "min_images"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"SynthesisConfig.{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not 0 < self.target_flip <= 1 or min(self.lr, self.global_lr, self.patch_cost, self.global_cost) <= 0:
+            raise ValueError("SynthesisConfig: need 0 < target_flip <= 1 and lr, global_lr, patch_cost, global_cost > 0")
+        self.kinds = tuple(self.kinds)
+        if not self.kinds or any(k not in ("patch", "global") for k in self.kinds):
+            raise ValueError(f"SynthesisConfig.kinds must name 'patch' and/or 'global', got {self.kinds!r}")
+
+
+@dataclass
+class LabelTriggers:
+    """Per label, the smallest trigger of one kind the optimization found."""
+
+    kind: str
+    size: np.ndarray  # [C]: mask area share (patch) or offset RMS in 0-255 units (global)
+    flip: np.ndarray  # [C]: flip rate of the kept trigger on the optimization images
+    reached: np.ndarray  # [C] bool: the flip rate reached the target
+    anomaly: np.ndarray  # [C]: MAD index of log(size), low side
+    masks: np.ndarray | None  # [C,S,S] float32 (patch)
+    patterns: np.ndarray  # [C,S,S,3] float32 in [0,1] (patch) or offsets in [-1,1] (global)
+
+
+@dataclass
+class Synthesis:
+    """What the synthesis found: per-label trigger sizes by kind, the suspects (checked by the
+    oracle and confirmed), the number of forward+backward passes and the seconds."""
+
+    triggers: dict[str, LabelTriggers]
+    suspects: list[Suspect]
+    names: list[str]
+    images_used: int
+    holdout_used: int
+    passes: int
+    seconds: float
+    config: SynthesisConfig
+    labels: np.ndarray | None = None  # the model's top-1 label for every probe image ...
+    probs: np.ndarray | None = None  # ... and its probability
+    had_power: bool = True
+    power_note: str = ""
+
+    def label_row(self, c: int) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        for kind, t in self.triggers.items():
+            key = "patch_area" if kind == "patch" else "global_rms"
+            row[key] = float(t.size[c])
+            row[f"{kind}_flip"] = float(t.flip[c])
+            row[f"{kind}_anomaly"] = float(t.anomaly[c])
+        return row
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"images": self.images_used, "holdout": self.holdout_used, "passes": self.passes,
+                "seconds": round(self.seconds, 2), "had_power": self.had_power, "note": self.power_note,
+                "kinds": list(self.triggers), "config": asdict(self.config),
+                "suspects": [s.name for s in self.suspects]}
+
+
+def _mad_low(values: np.ndarray) -> np.ndarray:
+    """The anomaly index of small values: (median - x) / (1.4826 MAD), on log values."""
+    x = np.log(np.maximum(values, 1e-6))
+    med = np.median(x)
+    mad = 1.4826 * np.median(np.abs(x - med))
+    return (med - x) / max(mad, 1e-6)
+
+
+def _optimize(torch: Any, tm: Any, pixels: Any, own: Any, text: Any, scale: float, kind: str,
+              cfg: SynthesisConfig, gen: Any) -> tuple[LabelTriggers, int]:
+    """All labels' triggers of one kind, optimized together. ``pixels`` [K,3,S,S] in [0,1];
+    ``own`` [K] the model's own label per image (an image does not count for its own label)."""
+    import torch.nn.functional as F
+
+    c = text.shape[0]
+    k, _, s, _ = pixels.shape
+    mean = torch.tensor(tm.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(tm.std, dtype=torch.float32).view(1, 3, 1, 1)
+    valid = (own[None, :] != torch.arange(c)[:, None]).float()  # [C,K]
+    target = torch.arange(c).repeat_interleave(k)
+    if kind == "patch":
+        mask_logit = torch.full((c, 1, s, s), -3.0).add_(0.1 * torch.randn(c, 1, s, s, generator=gen))
+        pattern_logit = torch.randn(c, 3, s, s, generator=gen)
+        params = [mask_logit.requires_grad_(), pattern_logit.requires_grad_()]
+        cost = torch.full((c,), cfg.patch_cost)
+    else:
+        offset = (0.01 * torch.randn(c, 3, s, s, generator=gen)).requires_grad_()
+        params = [offset]
+        cost = torch.full((c,), cfg.global_cost)
+    opt = torch.optim.Adam(params, lr=cfg.lr if kind == "patch" else cfg.global_lr)
+    best_size = torch.full((c,), float("inf"))
+    best_flip = torch.zeros(c)
+    last_flip = torch.zeros(c)
+    best = [torch.zeros(c, 1, s, s), torch.zeros(c, 3, s, s)]
+    passes = 0
+    for step in range(cfg.steps):
+        if kind == "patch":
+            m = torch.sigmoid(mask_logit)  # [C,1,S,S]
+            p = torch.sigmoid(pattern_logit)
+            x = (1 - m[:, None]) * pixels[None] + (m * p)[:, None]  # [C,K,3,S,S]
+            size = m.mean(dim=(1, 2, 3))
+        else:
+            d = offset
+            x = (pixels[None] + d[:, None]).clamp(0, 1)
+            size = d.pow(2).mean(dim=(1, 2, 3)).sqrt()
+        z = F.normalize(tm.image_features(((x.reshape(c * k, 3, s, s)) - mean) / std), dim=-1)
+        logits = scale * z @ text.t()
+        ce = F.cross_entropy(logits, target, reduction="none").view(c, k)
+        loss = ((ce * valid).sum(1) / valid.sum(1).clamp(min=1) + cost * size).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        passes += c * k
+        with torch.no_grad():
+            hit = (logits.argmax(1).view(c, k) == torch.arange(c)[:, None]).float()
+            flip = (hit * valid).sum(1) / valid.sum(1).clamp(min=1)
+            last_flip = flip
+            good = (flip >= cfg.target_flip) & (size < best_size)
+            if bool(good.any()):
+                best_size = torch.where(good, size.detach(), best_size)
+                best_flip = torch.where(good, flip, best_flip)
+                if kind == "patch":
+                    best[0][good] = m.detach()[good]
+                    best[1][good] = p.detach()[good]
+                else:
+                    best[1][good] = offset.detach()[good]
+            if (step + 1) % cfg.adapt_every == 0:
+                # Neural Cleanse's schedule: a label that reaches the target pays more for size.
+                cost = torch.where(flip >= cfg.target_flip, cost * 1.5, cost / 1.5 ** 1.5)
+    reached = torch.isfinite(best_size)
+    # A label that never reached the target: its size is the largest seen (it needs more).
+    if kind == "patch":
+        final = torch.sigmoid(mask_logit).detach().mean(dim=(1, 2, 3))
+        fallback_masks = torch.sigmoid(mask_logit).detach()
+        best[0][~reached] = fallback_masks[~reached]
+        best[1][~reached] = torch.sigmoid(pattern_logit).detach()[~reached]
+    else:
+        final = offset.detach().pow(2).mean(dim=(1, 2, 3)).sqrt()
+        best[1][~reached] = offset.detach()[~reached]
+    cap = float(torch.where(reached, best_size, final).max())
+    size = torch.where(reached, best_size, torch.maximum(final, torch.tensor(cap)) * 2)
+    flip = torch.where(reached, best_flip, last_flip)
+    size_np = size.numpy().astype(np.float64)
+    if kind == "global":
+        size_np = size_np * 255.0
+    anomaly = _mad_low(size_np)
+    return LabelTriggers(
+        kind=kind, size=size_np, flip=flip.numpy().astype(np.float64), reached=reached.numpy(),
+        anomaly=np.where(reached.numpy(), anomaly, 0.0),
+        masks=best[0][:, 0].numpy() if kind == "patch" else None,
+        patterns=best[1].permute(0, 2, 3, 1).numpy(),
+    ), passes
+
+
+def _refine_anywhere(torch: Any, tm: Any, pixels: Any, own: Any, text: Any, scale: float, lab: int, side: int,
+                     cfg: SynthesisConfig, gen: Any) -> tuple[np.ndarray, float]:
+    """A patch of ``side`` px for label ``lab`` optimized while pasted at a new random place on
+    every image at every step (expectation over positions). A backdoor learned anywhere (BadNet's
+    random location) yields a patch that works anywhere -- closer to the real trigger than a mask
+    optimized at one place, and what repair must unlearn. Returns the pattern [side,side,3] in
+    [0,1] and its flip rate on the optimization images at random places."""
+    import torch.nn.functional as F
+
+    k, _, s, _ = pixels.shape
+    keep = own != lab
+    x01 = pixels[keep] if bool(keep.any()) else pixels
+    k = len(x01)
+    mean = torch.tensor(tm.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(tm.std, dtype=torch.float32).view(1, 3, 1, 1)
+    logit = torch.randn(1, 3, side, side, generator=gen).requires_grad_()
+    opt = torch.optim.Adam([logit], lr=cfg.lr)
+    target = torch.full((k,), lab, dtype=torch.long)
+    ones = torch.ones(1, 1, side, side)
+    flip = 0.0
+    for _ in range(cfg.refine_steps):
+        ys = torch.randint(0, s - side + 1, (k,), generator=gen).tolist()
+        xs = torch.randint(0, s - side + 1, (k,), generator=gen).tolist()
+        p = torch.sigmoid(logit)
+        canvas = torch.cat([F.pad(p, (x, s - side - x, y, s - side - y)) for x, y in zip(xs, ys)])
+        mask = torch.cat([F.pad(ones, (x, s - side - x, y, s - side - y)) for x, y in zip(xs, ys)])
+        x = (1 - mask) * x01 + mask * canvas
+        logits = scale * F.normalize(tm.image_features((x - mean) / std), dim=-1) @ text.t()
+        loss = F.cross_entropy(logits, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        flip = float((logits.argmax(1) == lab).float().mean())
+    return torch.sigmoid(logit).detach()[0].permute(1, 2, 0).numpy(), flip
+
+
+def _patch_trigger(mask: np.ndarray, pattern: np.ndarray, name: str, image_hw: tuple[int, int]) -> Trigger:
+    """A synthesized mask and pattern (model input size) as a patch trigger at the mask's place in
+    probe-image pixels: cropped to where the mask holds its weight."""
+    from .models.base import require
+
+    h, w = image_hw
+    s = mask.shape[0]
+    if (h, w) != (s, s):
+        cv2 = require("cv2", purpose="resizing triggers")
+        mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
+        pattern = cv2.resize(pattern, (w, h), interpolation=cv2.INTER_LINEAR)
+    strong = mask >= 0.5 * mask.max()
+    ys, xs = np.nonzero(strong)
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    side = max(y1 - y0, x1 - x0)
+    y0, x0 = min(y0, h - side), min(x0, w - side)
+    y0, x0 = max(0, y0), max(0, x0)
+    box = (x0, y0, x0 + side, y0 + side)
+    crop_m = mask[y0 : y0 + side, x0 : x0 + side]
+    crop_p = np.clip(np.round(pattern[y0 : y0 + side, x0 : x0 + side] * 255), 0, 255).astype(np.uint8)
+    return Trigger(kind="patch", image=crop_p, mask=crop_m, label=name, box=box, source="synthesis")
+
+
+def _global_trigger(offset: np.ndarray, name: str) -> Trigger:
+    return Trigger(kind="global", image=np.clip(np.round(offset * 255) + 128, 0, 255).astype(np.uint8),
+                   label=name, source="synthesis")
+
+
+def _oracle_check(classify: Callable[[np.ndarray], np.ndarray], oracle: Callable, images: np.ndarray,
+                  trigger: Trigger, lab: int, rng: np.random.Generator, cfg: ScanConfig) -> dict[str, Any]:
+    """Does the oracle see the synthesized patch as a trigger? Stamped on clean images: the patch
+    isolated (everything else filled with the image's mean) must show the label -- a trigger
+    carries it on its own -- while the image's object-sized oracle regions away from the patch
+    keep their own labels (a trigger adds a label, it does not turn objects into it)."""
+    imgs = images[: min(len(images), 48)]
+    on = apply_trigger(imgs, trigger, rng)
+    x0, y0, x1, y1 = trigger.box  # type: ignore[misc]
+    fill = on.reshape(len(on), -1, 3).mean(axis=1).astype(np.uint8)[:, None, None, :]
+    iso = np.broadcast_to(fill, on.shape).copy()
+    iso[:, y0:y1, x0:x1] = on[:, y0:y1, x0:x1]
+    shows = float((classify(iso) == lab).mean())
+    h, w = images.shape[1:3]
+    views, total = [], 0
+    for img, masks in zip(on, oracle(on)):
+        m = np.asarray(masks, bool).reshape(-1, h, w)
+        area = m.reshape(len(m), -1).mean(axis=1) if len(m) else np.zeros(0)
+        overlap = m[:, y0:y1, x0:x1].any(axis=(1, 2)) if len(m) else np.zeros(0, bool)
+        keep = (area >= cfg.object_area) & (area <= cfg.max_object_area) & ~overlap
+        f = img.reshape(-1, 3).mean(axis=0).astype(np.uint8)
+        views.extend(np.where(mm[:, :, None], img, f) for mm in m[keep])
+        total += int(keep.sum())
+    objects_hijacked = float((classify(np.stack(views)) == lab).mean()) if views else 0.0
+    return {"isolated_shows_label": shows, "objects_show_label": objects_hijacked, "objects": total,
+            "passed": bool(shows >= 0.5 and objects_hijacked <= 0.5)}
+
+
+def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labels_all: np.ndarray,
+                    hold_idx: np.ndarray, names: list[str], enc: _Encoder, text: np.ndarray, scale: float,
+                    oracle: Callable, rng: np.random.Generator, scan_cfg: ScanConfig,
+                    cfg: SynthesisConfig) -> list[Suspect]:
+    """The labels whose synthesized trigger is an outlier, each checked by the oracle (patches)
+    and confirmed on held-out clean images against a random control."""
+    def classify(x: np.ndarray) -> np.ndarray:
+        return _classify_images(enc, x, text, scale)
+
+    hw = images.shape[1:3]
+    suspects: list[Suspect] = []
+    for kind, t in triggers.items():
+        for lab in np.argsort(-t.anomaly):
+            lab = int(lab)
+            if t.anomaly[lab] <= cfg.anomaly or not t.reached[lab]:
+                continue
+            if kind == "patch":
+                trig = _patch_trigger(t.masks[lab], t.patterns[lab], names[lab], hw)  # type: ignore[index]
+            else:
+                trig = _global_trigger(t.patterns[lab], names[lab])
+            held = hold_idx[labels_all[hold_idx] != lab]
+            sus = Suspect(label=lab, name=names[lab], kind="localized" if kind == "patch" else "global",
+                          evidence=["synthesis"], anomaly=float(t.anomaly[lab]), trigger=trig)
+            if held.size == 0:
+                sus.note = "no held-out clean image of another label"
+                suspects.append(sus)
+                continue
+            if kind == "patch":
+                control = random_patches(images[held], images, trig.size[0], rng, at=trig.box)  # type: ignore[index]
+            else:
+                shuffled = np.roll(trig.image.reshape(-1, 3), rng.integers(1, trig.image.size // 3), axis=0)
+                perm = Trigger(kind="global", image=rng.permutation(shuffled).reshape(trig.image.shape), source="synthesis")
+                control = np.clip(images[held].astype(np.int16) + perm.image.astype(np.int16) - 128, 0, 255).astype(np.uint8)
+            result = confirm(classify, images[held], trig, lab, control, rng)
+            sus.estimated_asr, sus.random_flip_rate = result.flip_rate, result.control_rate
+            sus.anywhere_asr, sus.stamped_images = result.anywhere_rate, result.images
+            if result.anywhere_rate is not None:
+                trig.position_dependent = bool(result.flip_rate - result.anywhere_rate >= scan_cfg.margin)
+            confirmed = result.excess >= scan_cfg.margin
+            if kind == "patch" and cfg.oracle_check:
+                sus.oracle_check = _oracle_check(classify, oracle, images[held], trig, lab, rng, scan_cfg)
+                if not sus.oracle_check["passed"]:
+                    confirmed = False
+                    sus.note = "the oracle does not see a trigger: the patch alone does not show the label, " \
+                               "or it turns the image's objects into the label"
+            sus.confirmed = bool(confirmed)
+            sus.score = backdoor_score(result.excess, scan_cfg.margin) if confirmed else min(
+                0.49, backdoor_score(result.excess, scan_cfg.margin))
+            suspects.append(sus)
+    return suspects
+
+
+def _refine(sus: Suspect, torch: Any, tm: Any, pix01: Any, own: Any, text_t: Any, scale: float, images: np.ndarray,
+            labels_all: np.ndarray, hold_idx: np.ndarray, enc: _Encoder, text: np.ndarray, rng: np.random.Generator,
+            gen: Any, scan_cfg: ScanConfig, cfg: SynthesisConfig) -> int:
+    """Re-optimize a confirmed patch suspect's pattern at random places; keep it (pasted anywhere)
+    when it reproduces the backdoor there about as well as the first one did at its place.
+    Returns the forward+backward passes spent."""
+    trig = sus.trigger
+    assert trig is not None and trig.size is not None
+    side = max(2, round(trig.size[0] * tm.input_size / images.shape[1]))
+    pattern, _ = _refine_anywhere(torch, tm, pix01, own, text_t, scale, sus.label, side, cfg, gen)
+    passes = cfg.refine_steps * int((own != sus.label).sum())
+    if side != trig.size[0]:
+        from .models.base import require
+
+        cv2 = require("cv2", purpose="resizing triggers")
+        pattern = cv2.resize(pattern, (trig.size[0], trig.size[0]), interpolation=cv2.INTER_LINEAR)
+    refined = Trigger(kind="patch", image=np.clip(np.round(pattern * 255), 0, 255).astype(np.uint8), label=sus.name,
+                      source="synthesis", position_dependent=False)
+    held = hold_idx[labels_all[hold_idx] != sus.label]
+    control = random_patches(images[held], images, refined.size[0], rng)  # type: ignore[index]
+    result = confirm(lambda x: _classify_images(enc, x, text, scale), images[held], refined, sus.label, control, rng)
+    if result.excess >= scan_cfg.margin and result.flip_rate >= (sus.estimated_asr or 0.0) - 0.1:
+        sus.note = (sus.note + "; " if sus.note else "") + (
+            f"the pattern re-optimized at random places works anywhere ({result.flip_rate:.0%}): kept, "
+            f"in place of the mask found at {list(trig.box or [])} ({sus.estimated_asr or 0:.0%} there)")
+        sus.trigger = refined
+        sus.estimated_asr, sus.random_flip_rate, sus.anywhere_asr = result.flip_rate, result.control_rate, None
+        sus.stamped_images = result.images
+    return passes
+
+
+def synthesize(model: Any, images: np.ndarray, vocab: Any, text: np.ndarray, scale: float, oracle: Callable,
+               enc: _Encoder, scan_cfg: ScanConfig, config: SynthesisConfig | None = None, *,
+               progress: bool = False) -> Synthesis:
+    """Synthesize every label's smallest patch and global trigger from the clean probe
+    ``images``; label outliers become suspects, checked by the oracle and confirmed on held-out
+    images. ``text`` and ``scale`` are the model's class embeddings and logit scale."""
+    cfg = config or SynthesisConfig()
+    t_start = time.perf_counter()
+    names = list(vocab.classnames)
+    c = len(names)
+    if c < 3:
+        raise SynthesisUnavailable(f"{c} labels: the anomaly across labels needs at least 3")
+    if len(images) < cfg.min_images:
+        raise SynthesisUnavailable(f"{len(images)} probe images; the synthesis needs at least {cfg.min_images}")
+    try:
+        import torch
+    except ImportError as exc:
+        raise SynthesisUnavailable(f"torch is not installed ({exc}); install clipguard[full]") from None
+    from .models import torch_twin
+
+    try:
+        tm = torch_twin(model, cfg.device)
+    except ValueError as exc:
+        raise SynthesisUnavailable(str(exc)) from None
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order = rng.permutation(len(images))
+    opt_idx = order[: min(cfg.images, len(images) // 2)]
+    hold_idx = order[len(opt_idx):][: cfg.holdout]
+    emb_all = enc.images(images)
+    labels_all = (emb_all @ text.T).argmax(axis=1)
+    z = scale * emb_all @ text.T
+    probs_all = 1.0 / np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)
+    pix = torch.from_numpy(tm.preprocess(images[opt_idx]))
+    mean = torch.tensor(tm.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(tm.std, dtype=torch.float32).view(1, 3, 1, 1)
+    pix01 = (pix * std + mean).clamp(0, 1)
+    own = torch.from_numpy(labels_all[opt_idx])
+    text_t = torch.from_numpy(np.ascontiguousarray(text, np.float32))
+    module = tm.torch_module
+    was_training = module.training
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    triggers: dict[str, LabelTriggers] = {}
+    passes = 0
+    try:
+        for kind in cfg.kinds:
+            t, n = _optimize(torch, tm, pix01, own, text_t, scale, kind, cfg, gen)
+            triggers[kind], passes = t, passes + n
+        suspects = _check_suspects(triggers, images, labels_all, hold_idx, names, enc, text, scale, oracle, rng,
+                                   scan_cfg, cfg)
+        for sus in suspects:
+            if sus.confirmed and sus.kind == "localized" and cfg.refine_steps:
+                passes += _refine(sus, torch, tm, pix01, own, text_t, scale, images, labels_all, hold_idx, enc, text,
+                                  rng, gen, scan_cfg, cfg)
+    finally:
+        for p in module.parameters():
+            p.requires_grad_(True)
+        module.train(was_training)
+    out = Synthesis(triggers=triggers, suspects=suspects, names=names, images_used=len(opt_idx),
+                    holdout_used=len(hold_idx), passes=passes, seconds=time.perf_counter() - t_start, config=cfg,
+                    labels=labels_all, probs=probs_all)
+    if len(opt_idx) < cfg.min_images:
+        out.had_power, out.power_note = False, f"only {len(opt_idx)} images to synthesize on (need {cfg.min_images})"
+    return out
+
+
+def _classify_images(enc: _Encoder, images: np.ndarray, text: np.ndarray, scale: float) -> np.ndarray:
+    return (enc.images(images) @ text.T).argmax(axis=1)
+

@@ -1,0 +1,259 @@
+"""The trigger toolbox shared by the scan, the synthesis, repair and the guard.
+
+A :class:`Trigger` is what the scan hands on: a *patch* (``image`` [s,s,3] with a ``mask`` [s,s]
+in [0,1], pasted at ``box`` when the backdoor was learned at one place, else anywhere) or a
+*global* pattern (``image`` [H,W,3] holding an additive offset stored +128). Patches come from
+two sources: reconstructed from the probe's victims (Algorithm 2) or synthesized from clean
+images (:mod:`clipguard.synthesis`); the confirmation below treats both the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import regions
+
+__all__ = [
+    "Box",
+    "Confirmation",
+    "Trigger",
+    "apply_trigger",
+    "confirm",
+    "high_pass",
+    "low_pass",
+    "match_patch",
+    "random_patches",
+    "reconstruct_patch",
+    "stamp",
+]
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1
+
+
+@dataclass
+class Trigger:
+    """A trigger, reconstructed or synthesized.
+
+    ``kind``: "patch" or "global". ``image``: uint8, the patch [s,s,3] or the global offset
+    [H,W,3] (+128). ``mask``: float32 [s,s] in [0,1] (patches; all ones for a pasted patch).
+    ``box``: where the victims carry a patch (x0, y0, x1, y1) in probe-image pixels; ``None``
+    means "anywhere". ``position_dependent``: the backdoor fires at ``box`` but not elsewhere
+    (``None`` when not measured). ``source``: "probe" or "synthesis".
+    """
+
+    kind: str
+    image: np.ndarray
+    label: str = ""
+    mask: np.ndarray | None = None
+    box: Box | None = None
+    position_dependent: bool | None = None
+    source: str = "probe"
+    size: list[int] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("patch", "global"):
+            raise ValueError(f"trigger kind must be 'patch' or 'global', got {self.kind!r}")
+        self.image = np.asarray(self.image, dtype=np.uint8)
+        if self.image.ndim != 3 or self.image.shape[2] != 3:
+            raise ValueError(f"trigger image must be uint8 [h,w,3], got shape {self.image.shape}")
+        if self.kind == "patch":
+            if self.mask is None:
+                self.mask = np.ones(self.image.shape[:2], np.float32)
+            self.mask = np.clip(np.asarray(self.mask, np.float32), 0.0, 1.0)
+            if self.mask.shape != self.image.shape[:2]:
+                raise ValueError(f"trigger mask {self.mask.shape} does not match its image {self.image.shape[:2]}")
+            self.size = [int(self.image.shape[0]), int(self.image.shape[1])]
+        else:
+            self.mask, self.size = None, None
+        if self.box is not None:
+            self.box = tuple(int(v) for v in self.box)  # type: ignore[assignment]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (image and mask as base64 PNG)."""
+        from .report import png_bytes
+
+        d: dict[str, Any] = {"kind": self.kind, "label": self.label, "source": self.source, "size": self.size,
+                             "box": list(self.box) if self.box else None,
+                             "position_dependent": self.position_dependent, "shape": list(self.image.shape),
+                             "image_png": base64.b64encode(png_bytes(self.image)).decode()}
+        if self.mask is not None:
+            d["mask_png"] = base64.b64encode(png_bytes(np.round(self.mask * 255).astype(np.uint8))).decode()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Trigger:
+        image = _png_array(d["image_png"])
+        mask = _png_array(d["mask_png"])[:, :, 0].astype(np.float32) / 255.0 if d.get("mask_png") else None
+        return cls(kind=d["kind"], image=image, label=d.get("label", ""), mask=mask,
+                   box=tuple(d["box"]) if d.get("box") else None,  # type: ignore[arg-type]
+                   position_dependent=d.get("position_dependent"), source=d.get("source", "probe"))
+
+
+def _png_array(b64: str) -> np.ndarray:
+    """A base64 PNG written by :func:`clipguard.report.png_bytes` -> uint8 [h,w,3]."""
+    from .models.base import require
+
+    cv2 = require("cv2", purpose="reading report images")
+    buf = np.frombuffer(base64.b64decode(b64), np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError("a report image is not a readable PNG")
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
+# ---------------------------------------------------------------------------------- patches
+def stamp(images: np.ndarray, patch: np.ndarray, rng: np.random.Generator, *, at: Box | None = None,
+          mask: np.ndarray | None = None) -> np.ndarray:
+    """``patch`` pasted on each image (a copy): at the top-left corner of ``at`` if given, else at
+    a random place; blended through ``mask`` [s,s] in [0,1] if given."""
+    out = images.copy()
+    s_h, s_w = patch.shape[:2]
+    h, w = images.shape[1:3]
+    if s_h > h or s_w > w:
+        raise ValueError(f"a {s_h}x{s_w} patch does not fit {h}x{w} images")
+    m = None if mask is None else np.asarray(mask, np.float32)[:, :, None]
+    for k in range(len(out)):
+        if at is None:
+            y, x = int(rng.integers(0, h - s_h + 1)), int(rng.integers(0, w - s_w + 1))
+        else:
+            x, y = min(max(0, at[0]), w - s_w), min(max(0, at[1]), h - s_h)
+        if m is None:
+            out[k, y : y + s_h, x : x + s_w] = patch
+        else:
+            region = out[k, y : y + s_h, x : x + s_w].astype(np.float32)
+            out[k, y : y + s_h, x : x + s_w] = np.round((1 - m) * region + m * patch).astype(np.uint8)
+    return out
+
+
+def random_patches(images: np.ndarray, donors: np.ndarray, s: int, rng: np.random.Generator,
+                   at: Box | None = None) -> np.ndarray:
+    """The control of a patch trigger: each image (a copy) with an ``s``-px patch cut from a
+    random place of a random ``donors`` image pasted at ``at`` (or a random place)."""
+    pick = donors[rng.integers(0, len(donors), len(images))]
+    ys = rng.integers(0, donors.shape[1] - s + 1, len(images))
+    xs = rng.integers(0, donors.shape[2] - s + 1, len(images))
+    out = images.copy()
+    for k in range(len(images)):
+        out[k] = stamp(out[k : k + 1], pick[k, ys[k] : ys[k] + s, xs[k] : xs[k] + s], rng, at=at)[0]
+    return out
+
+
+def _fit_global(trigger: Trigger, shape: tuple[int, int]) -> np.ndarray:
+    """A global trigger's offset image resized to images of ``shape`` (a synthesized pattern
+    lives at the model's input size; probes may differ)."""
+    if trigger.image.shape[:2] == shape:
+        return trigger.image
+    from .models.base import require
+
+    cv2 = require("cv2", purpose="resizing triggers")
+    return cv2.resize(trigger.image, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def apply_trigger(images: np.ndarray, trigger: Trigger, rng: np.random.Generator, *,
+                  anywhere: bool = False) -> np.ndarray:
+    """A trigger applied to images (a copy): a patch pasted at its ``box`` (or at random places
+    when it has none, or ``anywhere``), a global offset added to every pixel."""
+    if trigger.kind == "patch":
+        return stamp(images, trigger.image, rng, at=None if anywhere else trigger.box, mask=trigger.mask)
+    offset = _fit_global(trigger, images.shape[1:3]).astype(np.int16) - 128
+    return np.clip(images.astype(np.int16) + offset, 0, 255).astype(np.uint8)
+
+
+def _crop_resized(image: np.ndarray, box: Box, side: int) -> np.ndarray:
+    """The box of an image resized to side x side (float32, 0..255)."""
+    views = regions.render(image[None], np.array([box], np.int32), [0], "crop", side, (0, 0, 0), (1 / 255,) * 3)
+    return views[0].transpose(1, 2, 0)  # (x/255 - 0) / (1/255) = x
+
+
+def reconstruct_patch(images: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
+    """A robust average of the victims' trigger boxes: each crop resized to the median box side,
+    then the per-pixel median. uint8 [s,s,3]."""
+    if len(images) == 0 or len(images) != len(boxes):
+        raise ValueError(f"need one box per image and at least one image, got {len(images)} and {len(boxes)}")
+    sides = [max(b[2] - b[0], b[3] - b[1]) for b in boxes]
+    side = max(1, int(np.median(sides)))
+    crops = np.stack([_crop_resized(img, b, side) for img, b in zip(images, boxes)])
+    return np.clip(np.round(np.median(crops, axis=0)), 0, 255).astype(np.uint8)
+
+
+def match_patch(image: np.ndarray, patch: np.ndarray, box: Box | None = None) -> tuple[Box, float]:
+    """Where ``image`` matches ``patch`` best -- within one patch side of ``box``, or anywhere --
+    and how well: the mean squared difference over the patch's own variance (0 is an exact copy,
+    unrelated content scores about 1 or more)."""
+    s = patch.shape[0]
+    h, w = image.shape[:2]
+    if s > min(h, w):
+        return (box or (0, 0, w, h)), float("inf")
+    if box is None:
+        x0, y0, x1, y1 = 0, 0, w, h
+    else:
+        x0, y0 = max(0, min(box[0] - s, w - s)), max(0, min(box[1] - s, h - s))
+        x1, y1 = min(w, max(box[2] + s, x0 + s)), min(h, max(box[3] + s, y0 + s))
+    ref = patch.astype(np.float32)
+    win = np.lib.stride_tricks.sliding_window_view(image[y0:y1, x0:x1].astype(np.float32), (s, s, 3))[:, :, 0]
+    msd = ((win - ref) ** 2).mean(axis=(2, 3, 4))
+    dy, dx = np.unravel_index(int(np.argmin(msd)), msd.shape)
+    score = float(msd[dy, dx] / (ref.var() + 1.0))
+    return (x0 + int(dx), y0 + int(dy), x0 + int(dx) + s, y0 + int(dy) + s), score
+
+
+# ---------------------------------------------------------------------------------- global patterns
+def _box_blur(x: np.ndarray, k: int) -> np.ndarray:
+    """A k x k box blur of float32 [N,H,W,3] (edge-padded), by summed-area tables."""
+    r = k // 2
+    pad = np.pad(x, ((0, 0), (r, k - 1 - r), (r, k - 1 - r), (0, 0)), mode="edge")
+    c = np.cumsum(np.cumsum(pad, axis=1), axis=2)
+    c = np.pad(c, ((0, 0), (1, 0), (1, 0), (0, 0)))
+    h, w = x.shape[1:3]
+    return (c[:, k : k + h, k : k + w] - c[:, :h, k : k + w] - c[:, k : k + h, :w] + c[:, :h, :w]) / float(k * k)
+
+
+def high_pass(images: np.ndarray, k: int = 5) -> np.ndarray:
+    """images minus a k x k box blur (float32): the fine texture a blended trigger lives in."""
+    x = images.astype(np.float32)
+    return x - _box_blur(x, k)
+
+
+def low_pass(images: np.ndarray, k: int) -> np.ndarray:
+    """A k x k box blur (float32): the coarse content, where a sinusoid (SIG) lives."""
+    return _box_blur(images.astype(np.float32), k)
+
+
+# ---------------------------------------------------------------------------------- confirmation
+@dataclass
+class Confirmation:
+    """A trigger stamped on clean images against a control: ``flip_rate`` (the estimated ASR) and
+    ``control_rate`` are the shares labelled with the suspect label; ``anywhere_rate`` is the
+    flip rate with a patch pasted at random places (position dependence)."""
+
+    flip_rate: float
+    control_rate: float
+    images: int
+    anywhere_rate: float | None = None
+
+    @property
+    def excess(self) -> float:
+        return self.flip_rate - self.control_rate
+
+
+def confirm(classify: Callable[[np.ndarray], np.ndarray], images: np.ndarray, trigger: Trigger, label: int,
+            control: np.ndarray, rng: np.random.Generator) -> Confirmation:
+    """Stamp ``trigger`` on clean ``images`` and compare how often ``classify`` (uint8 images ->
+    top-1 labels) answers ``label`` with how often it does on ``control`` (the same images with a
+    random patch or pattern of the same kind). A patch with a box is also pasted at random
+    places, to report whether the backdoor depends on the position."""
+    stamped = apply_trigger(images, trigger, rng)
+    batch = [stamped, control]
+    if trigger.kind == "patch" and trigger.box is not None:
+        batch.append(apply_trigger(images, trigger, rng, anywhere=True))
+    labels = classify(np.concatenate(batch))
+    n = len(images)
+    hits = labels == label
+    anywhere = float(hits[2 * n :].mean()) if len(batch) == 3 else None
+    return Confirmation(flip_rate=float(hits[:n].mean()), control_rate=float(hits[n : 2 * n].mean()),
+                        images=n, anywhere_rate=anywhere)
+

@@ -1,0 +1,131 @@
+"""Trigger synthesis: backdoors found from clean images alone, the clean twin left clean, the
+verdict when the synthesis cannot run, the report fields, and repair from a synthesis-only scan."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import clipguard
+from clipguard import toyworld
+from clipguard.evaluate import evaluate_toy
+from clipguard.probe import load_probe
+from clipguard.repair import RepairConfig, build_finetune_set, repair
+from clipguard.scan import _Encoder, _resolve_oracle
+from clipguard.synthesis import SynthesisConfig, SynthesisUnavailable, synthesize
+
+VOCAB = toyworld.vocabulary("shapes")
+CLEAN_PROBE = "toy:shapes:300:0"  # no image carries a trigger
+
+
+def _scan(name, mode="auto"):
+    model = clipguard.load_model(f"toy:{name}")
+    probe = load_probe(CLEAN_PROBE, model, seed=0)
+    assert len(probe.poisoned) == 0
+    return probe, clipguard.scan(model, probe.images, VOCAB, "classical", mode=mode)
+
+
+@pytest.fixture(scope="module")
+def auto_scans():
+    """Scans in the default mode, shared by the tests of this module."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = _scan(name)
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["badnet", "blended"])
+def test_backdoors_are_found_from_clean_probes(name, auto_scans):
+    _, report = auto_scans(name)
+    assert report.verdict == "backdoored" and report.affected_labels == ["star"], (report.reason, report.suspects)
+    top = report.suspects[0]
+    assert top.name == "star" and top.confirmed and "synthesis" in top.evidence
+    assert top.estimated_asr - top.random_flip_rate >= 0.15
+    rows = {r["label"]: r for r in report.labels}
+    assert rows["star"]["patch_anomaly"] > 2 and rows["star"]["patch_area"] == min(r["patch_area"] for r in rows.values())
+
+
+@pytest.mark.slow
+def test_the_clean_twin_stays_clean():
+    _, report = _scan("clean")
+    assert report.verdict == "clean" and report.affected_labels == [], (report.reason, report.suspects)
+    assert report.score < 0.5 and not any(s.confirmed for s in report.suspects)
+    assert report.synthesis["had_power"] and report.timings["synthesis_passes"] > 0
+
+
+@pytest.mark.slow
+def test_synthesized_trigger_in_the_report(auto_scans, tmp_path):
+    probe, report = auto_scans("badnet")
+    assert report.mode == "auto" and report.verdict == "backdoored" and report.victims == []
+    t = report.trigger
+    assert t.source == "synthesis" and t.kind == "patch" and t.size[0] <= 12  # the bundled trigger is 6 px
+    # toy:badnet learned its patch anywhere: the pattern re-optimized at random places replaces the mask
+    assert t.box is None and t.position_dependent is False and "re-optimized" in report.suspects[0].note
+    assert report.suspects[0].estimated_asr >= 0.9
+    data = json.loads(report.to_json(tmp_path / "r.json").read_text())
+    assert data["summary"]["mode"] == "auto" and data["trigger"]["source"] == "synthesis"
+    assert "mask_png" in data["trigger"] and data["synthesis"]["passes"] == report.timings["synthesis_passes"]
+    assert all("patch_area" in r and "global_rms" in r for r in data["labels"])
+    back = clipguard.ScanReport.from_json(tmp_path / "r.json")
+    assert back.trigger.box == t.box and np.array_equal(back.trigger.image, t.image)
+    assert back.suspects[0].name == "star" and back.suspects[0].confirmed
+    page = report.to_html(tmp_path / "r.html").read_text()
+    assert "Synthesis: the smallest patch" in page and "synthesis" in page
+
+
+def test_few_steps_optimize_every_label_together():
+    model = clipguard.load_model("toy:badnet")
+    images = load_probe("toy:shapes:64:0", model, seed=3).images
+    text = model.class_embeddings(VOCAB)
+    cfg = SynthesisConfig(steps=6, images=16, min_images=8, kinds=("patch",), oracle_check=False, refine_steps=0)
+    # A synthesis-only scan: findings hold each image's whole-image label, for the repair set's captions.
+    report = clipguard.scan(model, images, VOCAB, "classical", mode="synthesize", synthesis=cfg)
+    assert report.mode == "synthesize" and len(report.findings) == 64 and report.synthesis["passes"] == 6 * 10 * 16
+    assert all(f.regions == 0 and 0 < f.prob <= 1 for f in report.findings)
+    s = synthesize(model, images, VOCAB, text, model.logit_scale, _resolve_oracle("classical"),
+                   _Encoder(model, 256), clipguard.ScanConfig(), cfg)
+    t = s.triggers["patch"]
+    assert t.size.shape == (10,) and t.masks.shape == (10, 48, 48) and t.patterns.shape == (10, 48, 48, 3)
+    assert ((t.masks >= 0) & (t.masks <= 1)).all() and np.isfinite(t.anomaly).all()
+    assert s.passes == 6 * 10 * 16 and s.images_used == 16
+    with pytest.raises(SynthesisUnavailable, match="at least"):
+        synthesize(model, images[:5], VOCAB, text, model.logit_scale, _resolve_oracle("classical"),
+                   _Encoder(model, 256), clipguard.ScanConfig(), cfg)
+    with pytest.raises(ValueError, match="kinds"):
+        SynthesisConfig(kinds=("warp",))
+
+
+def test_an_onnx_only_model_is_inconclusive_never_clean(tmp_path):
+    """No torch weights: the synthesis cannot run, and a clean probe cannot show the backdoor."""
+    from clipguard.models.loading import TOY_DIR
+
+    spec = f"onnx:{TOY_DIR / 'badnet' / 'onnx'}"
+    proc = subprocess.run([sys.executable, "-m", "clipguard", "scan", spec, "--probe", "toy:shapes:120:0",
+                           "--vocab", "toy:shapes", "--out", str(tmp_path / "o"), "--quiet"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 5 and "inconclusive" in proc.stdout and "ONNX-only" in proc.stdout, proc.stderr
+    data = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert data["summary"]["verdict"] == "inconclusive" and data["errors"]
+
+
+@pytest.mark.slow
+def test_repair_from_a_synthesis_only_scan(auto_scans):
+    """A clean probe: every piece of evidence comes from the synthesis; the oracle's grounding
+    still captions the clean images with all their objects."""
+    probe, report = auto_scans("badnet")
+    assert report.victims == [] and report.trigger.source == "synthesis"
+    fset = build_finetune_set(report)
+    counts = fset.counts()
+    assert counts["victim"] == 0 and counts["triggered"] == counts["clean"] > 50 and counts["target"] > 0
+    model = clipguard.load_model("toy:badnet")
+    before = evaluate_toy(model, "shapes", model.card["attack"], n=1000, seed=1)
+    result = repair("toy:badnet", fset, RepairConfig(seed=0), progress=False)
+    after = evaluate_toy(result.model, "shapes", model.card["attack"], n=1000, seed=1)
+    assert after["asr"] <= 0.05 and after["ca"] >= before["ca"] - 0.01, (before, after)
