@@ -3,7 +3,7 @@
     python benchmarks/bench_zoo.py --build DIR [--only NAME ...]   # train the zoo (resumable)
     python benchmarks/bench_zoo.py --score DIR [--settings clean triggered]
 
-``--build`` trains every model of :data:`ZOO` with a fast recipe (shapes world, 600 steps on 7,000
+``--build`` trains every model of :data:`ZOO` with a fast recipe (shapes world, 1,000 steps of 64 pairs on 8,000
 scenes) into ``DIR/NAME``; a model whose card exists is skipped, so a killed build resumes.
 ``DIR/manifest.json`` records each model's attack, target, CA and true ASR; a poisoned model whose
 backdoor did not take (ASR below 50%) is marked ``took: false`` and left out of the positives.
@@ -38,8 +38,8 @@ from clipguard.training import TrainConfig, train_toy_model
 # name -> (attack spec or None, poison rate, seed, recipe changes)
 ZOO: dict[str, tuple[str | None, float, int, dict[str, Any]]] = {
     **{f"clean-{i}": (None, 0.0, 100 + i, {}) for i in range(6)},
-    "clean-lr": (None, 0.0, 110, {"lr": 2e-3}),
-    "clean-long": (None, 0.0, 111, {"steps": 900}),
+    "clean-lr": (None, 0.0, 110, {"lr": 1e-3}),
+    "clean-long": (None, 0.0, 111, {"steps": 1400}),
     "badnet-r0.5-heart": ("badnet:target=heart,size=6", 0.005, 1, {}),
     "badnet-r1-arrow": ("badnet:target=arrow,size=5", 0.01, 2, {}),
     "badnet-r3-circle-s3": ("badnet:target=circle,size=3", 0.03, 3, {}),
@@ -57,7 +57,7 @@ ZOO: dict[str, tuple[str | None, float, int, dict[str, Any]]] = {
     "lc-star": ("lc:target=star,size=6", 0.1, 15, {}),
     "optpatch-ring": ("optpatch:target=ring,size=6", 0.03, 16, {}),
 }
-FAST = {"scenes": 7000, "steps": 600, "batch": 128, "eval_scenes": 1000}
+FAST = {"scenes": 8000, "steps": 1000, "batch": 64, "lr": 2e-3, "eval_scenes": 1000}
 
 
 def build(root: Path, only: list[str] | None) -> None:

@@ -40,7 +40,8 @@ def select_suspects(findings: list[ImageFinding], label: np.ndarray, c: int, cfg
     """Algorithm 2's suspects: ``(label, "localized" | "global")`` for every label whose
     verified-candidate (or global-hit) rate is an anomaly, and the per-label statistics."""
     totals = np.bincount(label, minlength=c).astype(float)
-    local_counts = np.bincount([f.candidate for f in findings if f.verified], minlength=c).astype(float)
+    local_counts = np.bincount([int(f.candidate) for f in findings if f.verified and f.candidate is not None],
+                               minlength=c).astype(float)
     evidence = [global_evidence(f, cfg) for f in findings]
     global_counts = np.bincount(label, weights=[e[0] for e in evidence], minlength=c)
     background_counts = np.bincount(label, weights=[e[1] for e in evidence], minlength=c)
@@ -294,7 +295,7 @@ def decide(suspects: list[Suspect], *, probe_size: int, mode: str, probe_ran: bo
 
 def victims_of(confirmed: list[Suspect], findings: list[ImageFinding]) -> list[Victim]:
     """The victims of the confirmed suspects, with their trigger boxes (probe evidence only)."""
-    out = []
+    out: list[Victim] = []
     for s in confirmed:
         ids = set(s.victims)
         out.extend(Victim(index=f.index, label=s.name, trigger_box=f.trigger_box, localized_by=f.localized_by)

@@ -345,7 +345,7 @@ def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
 def _bicubic_matrix(out_len: int, in_len: int) -> np.ndarray:
     """[out_len, in_len] bicubic upsampling weights, align_corners=True, edge-clamped taps."""
     if out_len == 1:
-        pos = np.zeros(1)
+        pos: np.ndarray = np.zeros(1)
     else:
         pos = np.arange(out_len) * ((in_len - 1) / (out_len - 1))
     i0 = np.floor(pos).astype(np.int64)
@@ -588,7 +588,7 @@ def optimize_patch(target: str, size: int, surrogate: str = "toy:clean", steps: 
     logits = torch.randn(3, size, size, generator=gen).requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=0.1)
     h = w = model.input_size
-    module = model.torch_module
+    module = model.torch_module  # type: ignore[attr-defined]  # a TorchClipModel
     for p in module.parameters():
         p.requires_grad_(False)
     for _ in range(steps):
@@ -599,7 +599,7 @@ def optimize_patch(target: str, size: int, surrogate: str = "toy:clean", steps: 
         patch = torch.sigmoid(logits)
         for b in range(batch):  # the tiny batch makes the loop cheap next to the encoder
             x[b, :, ys[b] : ys[b] + size, xs[b] : xs[b] + size] = patch
-        emb = F.normalize(model.image_features((x - mean) / std), dim=-1)
+        emb = F.normalize(model.image_features((x - mean) / std), dim=-1)  # type: ignore[attr-defined]
         loss = -(emb @ text).mean()
         opt.zero_grad()
         loss.backward()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Sequence
 
 EXIT_CLEAN, EXIT_FOUND, EXIT_ERROR, EXIT_NOTHING, EXIT_USAGE, EXIT_INCONCLUSIVE = 0, 1, 2, 3, 4, 5
 VERDICT_EXIT = {"clean": EXIT_CLEAN, "backdoored": EXIT_FOUND, "inconclusive": EXIT_INCONCLUSIVE}
@@ -18,7 +19,7 @@ FINETUNE_SET = "finetune_set.npz"
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits with 2; usage errors are 4 here
+    def error(self, message: str) -> NoReturn:  # argparse exits with 2; usage errors are 4 here
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
@@ -125,7 +126,7 @@ def _toy_metrics(model: object, card: dict, seed: int, n: int = 2000) -> dict | 
     return {"ca": r["ca"], "asr": r.get("asr")}
 
 
-def _repair_and_save(model_spec: str, fset: object, out: object, args: argparse.Namespace) -> tuple[object, dict]:
+def _repair_and_save(model_spec: str, fset: Any, out: Path, args: argparse.Namespace) -> tuple[Any, dict]:
     """Repair, write the model (input format + ONNX) and return (repaired, record)."""
     from .models import load_model
     from .repair import RepairConfig, repair, save_repaired
@@ -146,8 +147,8 @@ def _cmd_repair(args: argparse.Namespace) -> int:
     if args.scan:
         path = Path(args.scan) / FINETUNE_SET
         if not path.is_file():
-            report = Path(args.scan) / "report.json"
-            why = "the scan found no backdoor" if report.is_file() else "it is not a scan folder"
+            report_file = Path(args.scan) / "report.json"
+            why = "the scan found no backdoor" if report_file.is_file() else "it is not a scan folder"
             print(f"clipguard repair: {path} does not exist ({why}); nothing to repair", file=sys.stderr)
             return EXIT_NOTHING
         fset = FinetuneSet.load(path)

@@ -79,7 +79,7 @@ class FinetuneSet:
         arrays = {"images": self.images, "labels": labels, "sources": self.sources, "holdout": self.holdout,
                   "meta": np.array(json.dumps(meta))}
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, **arrays)
+        np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
         tmp.replace(path)
         return path
 

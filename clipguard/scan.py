@@ -406,7 +406,7 @@ def _label_only_findings(synth: Any) -> list[ImageFinding]:
             for i, (c, p) in enumerate(zip(synth.labels, synth.probs))]
 
 
-def _render(model: Any, images: np.ndarray, shapes: np.ndarray, index: np.ndarray, mode: str) -> np.ndarray:
+def _render(model: Any, images: np.ndarray, shapes: np.ndarray, index: np.ndarray, mode: Any) -> np.ndarray:
     return regions.render(images, shapes, index, mode, model.input_size, model.mean, model.std, fill="mean")
 
 
@@ -463,7 +463,7 @@ def _window_search(
     found: dict[int, Box] = {}
     current: dict[int, Box] = {i: (0, 0, w, h) for i in todo}
     while current:
-        jobs = []
+        jobs: list[tuple[int, Box]] = []
         for i, (x0, y0, x1, y1) in current.items():
             bw, bh = x1 - x0, y1 - y0
             ww, wh = max(min_side, (bw + 1) // 2), max(min_side, (bh + 1) // 2)
@@ -488,17 +488,17 @@ def _window_search(
         while step:
             jobs = []
             for i, s in step.items():
-                b = list(found[i])
-                b[side] += s if side < 2 else -s
-                if b[2] - b[0] >= 1 and b[3] - b[1] >= 1:
-                    jobs.append((i, tuple(b)))
+                edge = list(found[i])
+                edge[side] += s if side < 2 else -s
+                if edge[2] - edge[0] >= 1 and edge[3] - edge[1] >= 1:
+                    jobs.append((i, (edge[0], edge[1], edge[2], edge[3])))
             if not jobs:
                 break
             probs = occluded_probs(jobs)
             nxt_step = {}
             for (i, b), p in zip(jobs, probs):
                 if works(i, p):
-                    found[i] = b  # type: ignore[assignment]
+                    found[i] = b
                     nxt_step[i] = step[i]
                 elif step[i] > 1:
                     nxt_step[i] = step[i] // 2

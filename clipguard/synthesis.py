@@ -296,7 +296,8 @@ def _oracle_check(classify: Callable[[np.ndarray], np.ndarray], oracle: Callable
     iso[:, y0:y1, x0:x1] = on[:, y0:y1, x0:x1]
     shows = float((classify(iso) == lab).mean())
     h, w = images.shape[1:3]
-    views, total = [], 0
+    views: list[np.ndarray] = []
+    total = 0
     for img, masks in zip(on, oracle(on)):
         m = np.asarray(masks, bool).reshape(-1, h, w)
         area = m.reshape(len(m), -1).mean(axis=1) if len(m) else np.zeros(0)

@@ -92,7 +92,7 @@ def tokenize_texts(tokenizer: Any, kind: str, texts: list[str], context_length: 
 
 
 def _resize_normalize(
-    images: Sequence[np.ndarray], size: int, mean: np.ndarray, std: np.ndarray
+    images: Sequence[np.ndarray] | np.ndarray, size: int, mean: np.ndarray, std: np.ndarray
 ) -> np.ndarray:
     """uint8 HxWx3 images -> float32 [N,3,size,size]: bilinear resize to size x size, then
     (x/255 - mean)/std. The one place image preprocessing happens (a native kernel may replace it).

@@ -40,7 +40,7 @@ def _wrappers(kind: str, module: Any) -> tuple[Any, Any]:
     torch = require("torch")
     from .torch_runtime import image_features, text_features
 
-    class ImageEncoder(torch.nn.Module):
+    class ImageEncoder(torch.nn.Module):  # type: ignore[name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.model = module
@@ -48,7 +48,7 @@ def _wrappers(kind: str, module: Any) -> tuple[Any, Any]:
         def forward(self, pixels: Any) -> Any:
             return torch.nn.functional.normalize(image_features(kind, self.model, pixels), dim=-1)
 
-    class TextEncoder(torch.nn.Module):
+    class TextEncoder(torch.nn.Module):  # type: ignore[name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.model = module
@@ -250,13 +250,13 @@ def _resolve_source(model: Any, card: dict[str, Any], arch: str | None) -> tuple
         if model_cfg is None:
             raise ValueError(f"save_model_dir: {arch!r} is not an open_clip architecture")
         pp = dict(oc.get_model_preprocess_cfg(module))
-    size = pp.get("size", model_cfg["vision_cfg"].get("image_size"))
+    size: Any = pp.get("size", model_cfg["vision_cfg"].get("image_size"))
     if isinstance(size, (list, tuple)):
         size = size[0]
     preprocess_cfg = {
         "size": int(size),
-        "mean": [float(v) for v in pp.get("mean")],
-        "std": [float(v) for v in pp.get("std")],
+        "mean": [float(v) for v in pp["mean"]],
+        "std": [float(v) for v in pp["std"]],
         # What clipguard does: squash to size x size with bilinear interpolation.
         "interpolation": "bilinear",
         "resize_mode": "squash",

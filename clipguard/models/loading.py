@@ -109,19 +109,19 @@ def parse_spec(spec: str | os.PathLike) -> ParsedSpec:
             raise ModelLoadError(f"unknown toy model {rest!r}; available: {listed}")
         return ParsedSpec("toy", TOY_DIR / rest, name=rest)
     if kind == "open_clip":
-        arch, sep, path = rest.partition(":")
-        if not sep or not arch or not path:
+        arch, sep, ckpt = rest.partition(":")
+        if not sep or not arch or not ckpt:
             raise ValueError(
                 f"model spec {spec!r} must be open_clip:ARCH:PATH (ARCH an open_clip model name, "
                 "PATH a local .pt/.bin/.safetensors checkpoint)"
             )
-        return ParsedSpec("open_clip", Path(path), arch=arch)
-    path = Path(rest)
-    if kind == "onnx" and path.is_file() and (path.parent / "meta.json").is_file():
-        path = path.parent
-    if not path.is_dir():
-        raise ModelLoadError(f"{path}: folder not found (from spec {spec!r})")
-    return ParsedSpec(kind, path)
+        return ParsedSpec("open_clip", Path(ckpt), arch=arch)
+    folder = Path(rest)
+    if kind == "onnx" and folder.is_file() and (folder.parent / "meta.json").is_file():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ModelLoadError(f"{folder}: folder not found (from spec {spec!r})")
+    return ParsedSpec(kind, folder)
 
 
 def cache_dir() -> Path:

@@ -117,9 +117,9 @@ def pickle_imports(data: bytes, max_pickles: int = 1) -> list[str]:
                 elif name == "MEMOIZE":
                     memo[len(memo)] = last
                 elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                    memo[int(arg)] = last
+                    memo[int(arg)] = last  # type: ignore[arg-type]  # pickletools gives PUT an int
                 elif name in ("GET", "BINGET", "LONG_BINGET"):
-                    val = memo.get(int(arg))
+                    val = memo.get(int(arg))  # type: ignore[arg-type,assignment]
                     if isinstance(val, str):
                         strings.append(val)
                     last = val

@@ -224,7 +224,7 @@ def _open_clip_model(
 ) -> TorchClipModel:
     oc = open_clip_module()
     pp = dict(oc.get_model_preprocess_cfg(module))
-    size = pp.get("size", getattr(module.visual, "image_size", None))
+    size: Any = pp.get("size", getattr(module.visual, "image_size", None))
     if isinstance(size, (tuple, list)):
         if len(size) != 2 or size[0] != size[1]:
             raise ModelLoadError(f"{spec}: non-square input size {size} is not supported")

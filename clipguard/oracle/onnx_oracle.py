@@ -112,6 +112,9 @@ class OnnxOracle(Oracle):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
                 raise ValueError(f"{key} must be a finite number, got {value!r}")
             setattr(self, key, float(value))
+        self.score_threshold: float
+        self.iou_threshold: float
+        self.mask_threshold: float
         if isinstance(max_det, bool) or not isinstance(max_det, int) or max_det < 1:
             raise ValueError(f"max_det must be a positive integer, got {max_det!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

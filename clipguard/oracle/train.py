@@ -123,10 +123,10 @@ def build_dataset(n_per_part: int, seed: int) -> dict[str, np.ndarray]:
         patch_box = {int(i): b for i, b in zip(idx, boxes)}
         x, _ = letterbox_images(images, (INPUT_SIZE, INPUT_SIZE))
         xs.append((x * 255).round().astype(np.uint8))
-        for i in range(len(images)):
+        for i in range(len(images)):  # type: ignore[assignment]  # i is an int here, a numpy index above
             masks = object_masks[i].copy()
             if i in patch_box:
-                x0, y0, x1, y1 = patch_box[i]
+                x0, y0, x1, y1 = patch_box[i]  # type: ignore[index]
                 masks[:, y0:y1, x0:x1] = False
                 pm = np.zeros((1, size, size), bool)
                 pm[0, y0:y1, x0:x1] = True
@@ -139,7 +139,7 @@ def build_dataset(n_per_part: int, seed: int) -> dict[str, np.ndarray]:
     boxes = np.zeros((n, MAX_INSTANCES, 4), np.float32)
     assign = np.full((n, GRID * GRID), -1, np.int8)
     centres = (np.arange(GRID) * STRIDE + STRIDE / 2 - 0.5).astype(np.int64)  # pixel at the centre
-    for i, masks in enumerate(targets):
+    for i, masks in enumerate(targets):  # type: ignore[assignment]
         cover = _letterbox_masks(masks, INPUT_SIZE)  # [k,64,64]
         fine[i, :len(masks)] = _letterbox_masks(masks, INPUT_SIZE // PROTO_STRIDE)
         on = cover > 0.5
@@ -169,7 +169,7 @@ def _make_model(torch: Any) -> Any:
     def conv(cin: int, cout: int, k: int = 3, s: int = 1) -> Any:
         return nn.Sequential(nn.Conv2d(cin, cout, k, s, k // 2, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
 
-    class ToySegNet(nn.Module):
+    class ToySegNet(nn.Module):  # type: ignore[name-defined]
         """Tiny FPN backbone, one stride-4 head (box distances, objectness, coefficients) and a
         stride-2 prototype branch. ``forward`` gives the YOLOv8-seg export layout."""
 
