@@ -62,7 +62,7 @@ class SynthesisConfig:
     oracle_check: bool = True
     seed: int = 0
     threads: int = 0  # torch CPU threads (0: torch's default)
-    device: str = "cpu"
+    device: str = "cpu"  # the torch device; this version optimizes on the CPU only
 
     def __post_init__(self) -> None:
         if not isinstance(self.refine_steps, int) or self.refine_steps < 0:
@@ -72,6 +72,8 @@ class SynthesisConfig:
                 raise ValueError(f"SynthesisConfig.{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if not 0 < self.target_flip <= 1 or min(self.lr, self.global_lr, self.patch_cost, self.global_cost) <= 0:
             raise ValueError("SynthesisConfig: need 0 < target_flip <= 1 and lr, global_lr, patch_cost, global_cost > 0")
+        if self.device != "cpu":
+            raise ValueError(f"SynthesisConfig.device: the synthesis runs on the CPU in this version, got {self.device!r}")
         self.kinds = tuple(self.kinds)
         if not self.kinds or any(k not in ("patch", "global") for k in self.kinds):
             raise ValueError(f"SynthesisConfig.kinds must name 'patch' and/or 'global', got {self.kinds!r}")

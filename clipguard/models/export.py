@@ -180,7 +180,8 @@ def export_onnx(model: ClipModel, out_dir: str | Path, *, verify: bool = True) -
         "tokenizer": _tokenizer_meta(model, out_dir),
         "context_length": int(model.context_length),
         "card": model.card,
-        "source": {"spec": model.spec, "kind": model.kind, "arch": model.arch},
+        # The spec without the exporting machine's folders (an export travels).
+        "source": {"spec": _portable_spec(model.spec), "kind": model.kind, "arch": model.arch},
         "opset": OPSET,
         "exported_with": {"torch": torch.__version__},
     }
@@ -221,6 +222,15 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def _portable_spec(spec: str) -> str:
+    """``dir:/home/me/runs/m`` -> ``dir:m``: a spec's kind and the file or folder name only."""
+    kind, sep, rest = spec.partition(":")
+    if not sep:
+        return Path(spec).name
+    head, colon, path = rest.rpartition(":") if kind == "open_clip" else ("", "", rest)
+    return f"{kind}:{head}{colon}{Path(path).name}" if "/" in path or "\\" in path else spec
 
 
 def _resolve_source(model: Any, card: dict[str, Any], arch: str | None) -> tuple[Any, str, dict, dict]:

@@ -1,0 +1,89 @@
+"""Trigger synthesis cost: a bundled toy model in full, and a ViT-B/32 per optimization step.
+
+    python benchmarks/bench_synthesis.py [--vit-steps 2]
+
+For each bundled shapes model the default synthesis runs end to end (all labels, patch and global,
+the oracle check, confirmation and refinement) on 300 clean scenes: seconds and forward+backward
+passes. For ViT-B/32 (open_clip architecture, random weights: the cost does not depend on them,
+saved as a safetensors checkpoint and loaded through ``open_clip:ViT-B-32:PATH`` like a user's)
+the same batched optimization runs ``--vit-steps`` steps per kind on 224 px scenes with the
+default batch (10 labels x 24 images); the seconds per step, times the default number of steps,
+give the optimization's cost, printed beside the measured steps. Timings here are absolute
+seconds on the machine named in the header, not ratios: they size the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from _common import machine
+
+import clipguard
+from clipguard import toyworld
+from clipguard.scan import ScanConfig, _Encoder, _resolve_oracle
+from clipguard.synthesis import SynthesisConfig, synthesize
+
+
+def toy_rows(names: list[str]) -> None:
+    vocab = toyworld.vocabulary("shapes")
+    for name in names:
+        model = clipguard.load_model(f"toy:{name}")
+        images = clipguard.load_probe("toy:shapes:300:0", model, seed=0).images
+        text = model.class_embeddings(vocab)
+        t0 = time.perf_counter()
+        s = synthesize(model, images, vocab, text, model.logit_scale, _resolve_oracle("classical"),
+                       _Encoder(model, 256), ScanConfig(), SynthesisConfig())
+        seconds = time.perf_counter() - t0
+        found = ", ".join(f"{x.name} ({x.kind})" for x in s.suspects if x.confirmed) or "-"
+        print(f"| `toy:{name}` (48 px) | full synthesis | {s.passes:,} | {seconds:.1f} | {found} |", flush=True)
+
+
+def vit_row(steps: int, device: str) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    oc = clipguard.models.open_clip_module()
+    module = oc.create_model("ViT-B-32", pretrained=None)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "vit-b-32.safetensors"
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(ckpt))
+        model = clipguard.load_model(f"open_clip:ViT-B-32:{ckpt}", runtime="torch", device=device)
+    vocab = toyworld.vocabulary("shapes")
+    images = toyworld.generate("shapes", 64, seed=0, size=224).images
+    text = model.class_embeddings(vocab)
+    cfg = SynthesisConfig()
+    per_step = {}
+    for kind in cfg.kinds:
+        quick = SynthesisConfig(steps=steps, kinds=(kind,), refine_steps=0, oracle_check=False)
+        t0 = time.perf_counter()
+        s = synthesize(model, images, vocab, text, model.logit_scale, _resolve_oracle("classical"),
+                       _Encoder(model, 64), ScanConfig(), quick)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        per_step[kind] = (time.perf_counter() - t0) / steps
+        print(f"| ViT-B/32 (224 px, random weights, {device}) | {kind}: {steps} steps measured | {s.passes:,} | "
+              f"{per_step[kind] * steps:.1f} ({per_step[kind]:.1f} per step) | - |", flush=True)
+    total = sum(per_step.values()) * cfg.steps
+    print(f"| ViT-B/32 (224 px, random weights, {device}) | default optimization, {cfg.steps} steps x "
+          f"{len(cfg.kinds)} kinds (from the per-step time) | {cfg.steps * len(cfg.kinds) * 10 * cfg.images:,} | "
+          f"{total:.0f} | - |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--toy", nargs="*", default=["badnet", "clean"])
+    parser.add_argument("--vit-steps", type=int, default=2)
+    args = parser.parse_args()
+    print(f"# trigger synthesis; {machine()}")
+    print("| model | what | forward+backward passes | seconds | confirmed suspects |")
+    print("| --- | --- | --- | --- | --- |")
+    toy_rows(args.toy)
+    if args.vit_steps > 0:
+        vit_row(args.vit_steps, "cpu")
+
+
+if __name__ == "__main__":
+    main()
