@@ -281,7 +281,7 @@ def estimated_asr(model: Any, images: np.ndarray, trigger: Trigger | None, affec
 
 
 def repair(model: Any, finetune_set: FinetuneSet, config: RepairConfig | None = None, *,
-           progress: bool = True) -> RepairResult:
+           progress: bool = False) -> RepairResult:
     """Fine-tune a copy of ``model`` (a spec or a loaded model; ONNX-run models are reloaded with
     their torch weights) on ``finetune_set``; the input model is left unchanged.
 

@@ -89,7 +89,7 @@ def one_cycle(step: int, total: int, warmup: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - w) / max(1, total - w)))
 
 
-def train_toy_model(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+def train_toy_model(config: TrainConfig, out_dir: str | Path, progress: bool = False) -> dict[str, Any]:
     """Train, evaluate and save a toy model; returns its card (also written to the folder)."""
     import torch
 
