@@ -24,7 +24,6 @@ __all__ = [
     "apply_trigger",
     "confirm",
     "high_pass",
-    "low_pass",
     "match_patch",
     "random_patches",
     "reconstruct_patch",
@@ -216,11 +215,6 @@ def high_pass(images: np.ndarray, k: int = 5) -> np.ndarray:
     """images minus a k x k box blur (float32): the fine texture a blended trigger lives in."""
     x = images.astype(np.float32)
     return x - _box_blur(x, k)
-
-
-def low_pass(images: np.ndarray, k: int) -> np.ndarray:
-    """A k x k box blur (float32): the coarse content, where a sinusoid (SIG) lives."""
-    return _box_blur(images.astype(np.float32), k)
 
 
 # ---------------------------------------------------------------------------------- confirmation
