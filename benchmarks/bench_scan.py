@@ -51,7 +51,8 @@ from clipguard import toyworld
 from clipguard.aggregate import confirm_probe_suspect, select_suspects
 from clipguard.findings import ImageFinding
 from clipguard.probe import load_probe
-from clipguard.scan import ScanConfig, _Encoder, _probs, _window_search
+from clipguard.scan import ScanConfig, _Encoder, _window_search
+from clipguard.scoring import probabilities
 
 # The module (the package's `clipguard.scan` attribute is the function of the same name).
 scan_mod = importlib.import_module("clipguard.scan")
@@ -225,7 +226,7 @@ def reference_scan(model: Any, images: np.ndarray, vocab: Any, oracle: Any, cfg:
             return
         idx = np.array(list(small), np.int64)
         iso = enc.pixels(scan_mod._render(model, images, np.array(list(small.values()), np.int32), idx, "isolate"))
-        shows = _probs(iso, text, scale).argmax(axis=1) == labels[idx]
+        shows = probabilities(iso, text, scale).argmax(axis=1) == labels[idx]
         for i, ok in zip(idx.tolist(), shows):
             if ok:
                 f = findings[i]
@@ -240,7 +241,7 @@ def reference_scan(model: Any, images: np.ndarray, vocab: Any, oracle: Any, cfg:
             if kind == "localized":
                 localize([f.index for f in findings if f.label == lab and not f.verified and f.index not in searched])
         names = list(vocab.classnames)
-        out = [confirm_probe_suspect(enc, images, findings, lab, kind, names[lab], stats, text, scale, rng, cfg)
+        out = [confirm_probe_suspect(enc, images, findings, lab, kind, names[lab], stats, text, rng, cfg)
                for lab, kind in suspects]
     total = time.perf_counter() - t_start
     names = list(vocab.classnames)

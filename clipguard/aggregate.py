@@ -21,13 +21,6 @@ if TYPE_CHECKING:
 __all__ = ["Decision", "confirm_probe_suspect", "decide", "iterated_anomaly", "merge", "select_suspects"]
 
 
-def _probs(emb: np.ndarray, text: np.ndarray, scale: float) -> np.ndarray:
-    z = scale * emb @ text.T
-    z -= z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(axis=1, keepdims=True)
-
-
 def backdoor_score(excess: float, margin: float) -> float:
     """The calibrated score of a confirmation: 0.5 at the margin, a logistic of width 0.05."""
     return float(1.0 / (1.0 + math.exp(-(excess - margin) / 0.05)))
@@ -160,7 +153,7 @@ def global_pattern(images: np.ndarray, victims: Any) -> np.ndarray:
 
 
 def confirm_probe_suspect(enc: _Encoder, images: np.ndarray, findings: list[ImageFinding], lab: int, kind: str,
-                          name: str, stats: dict[str, np.ndarray], text: np.ndarray, scale: float,
+                          name: str, stats: dict[str, np.ndarray], text: np.ndarray,
                           rng: np.random.Generator, cfg: ScanConfig) -> Suspect:
     """Reconstruct a probe suspect's trigger from its victims, stamp it on clean probe images
     (where the victims carry it, and anywhere) and compare the flip rate with that of random
@@ -181,7 +174,7 @@ def confirm_probe_suspect(enc: _Encoder, images: np.ndarray, findings: list[Imag
         return out
 
     def classify(x: np.ndarray) -> np.ndarray:
-        return _probs(enc.images(x), text, scale).argmax(axis=1)
+        return enc.labels(x, text)
 
     if kind == "localized":
         victims, patch = reconstruct_localized(images, victims, cfg)
@@ -254,7 +247,7 @@ class Decision:
     reason: str
 
 
-def decide(suspects: list[Suspect], *, probe_size: int, mode: str, probe_ran: bool, synthesis: Synthesis | None,
+def decide(suspects: list[Suspect], *, probe_size: int, mode: str, synthesis: Synthesis | None,
            synthesis_error: str | None, cfg: ScanConfig) -> Decision:
     """The verdict: ``backdoored`` when a suspect is confirmed; ``inconclusive`` when a strong
     suspect failed its confirmation, or when the scan could not have seen a backdoor (a probe

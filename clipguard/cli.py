@@ -102,9 +102,9 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     return VERDICT_EXIT[report.verdict]
 
 
-def summary_line(name: str, report: object) -> str:
-    """The verdict, its reason, the affected labels and the suspects that failed confirmation."""
-    r: Any = report
+def summary_line(name: str, r: Any) -> str:
+    """The verdict, its reason, the affected labels and the suspects that failed confirmation
+    (``r``: a ScanReport)."""
     line = (f"{name}: {r.verdict} (score {r.score:.3f}); affected labels: {', '.join(r.affected_labels) or 'none'}; "
             f"{len(r.victims)} victims in {r.probe_size} probe images; {r.reason}")
     unconfirmed = [s for s in r.suspects if not s.confirmed]

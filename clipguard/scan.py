@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -87,11 +87,6 @@ class ScanConfig:
                 raise ValueError(f"ScanConfig.{name} must be an integer >= {low}, got {v!r}")
         if self.min_region_area > self.max_region_area or self.object_area > self.max_object_area:
             raise ValueError("ScanConfig: min_region_area <= max_region_area and object_area <= max_object_area")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ScanConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 class _Clock:
@@ -197,7 +192,7 @@ def verify(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray, reg: Re
         occ_emb = enc.pixels(occluded)
     del occluded, union
     with clock("scoring"):
-        p_background = _probs(occ_emb[len(sel):], text, scale)
+        p_background = scoring.probabilities(occ_emb[len(sel):], text, scale)
         label = whole.label
         background_holds = ((p_background.argmax(axis=1) == label)
                              & (p_background[np.arange(n), label] >= cfg.background_prob))
@@ -239,14 +234,14 @@ def localize_windows(model: Any, enc: _Encoder, images: np.ndarray, findings: li
     if not todo:
         return
     n, h, w = images.shape[:3]
-    p_img = _probs(whole.emb, text, scale)[np.arange(n), whole.label]
+    p_img = scoring.probabilities(whole.emb, text, scale)[np.arange(n), whole.label]
     boxes = _window_search(model, enc, images, todo, whole.label, p_img, text, cfg)
     small = {i: b for i, b in boxes.items() if (b[2] - b[0]) * (b[3] - b[1]) <= cfg.trigger_area * h * w}
     if not small:
         return
     idx = np.array(list(small), np.int64)
     iso = enc.pixels(_render(model, images, np.array(list(small.values()), np.int32), idx, "isolate"))
-    shows = _probs(iso, text, scale).argmax(axis=1) == whole.label[idx]
+    shows = scoring.probabilities(iso, text, scale).argmax(axis=1) == whole.label[idx]
     for i, ok in zip(idx.tolist(), shows):
         if ok:
             f = findings[i]
@@ -261,6 +256,7 @@ class ProbeAnalysis:
     suspects: list[Suspect]
     stats: dict[str, np.ndarray]
     regions: Regions
+    whole: WholeImage
 
 
 def probe_analysis(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray, vocab: Any, oracle: Callable,
@@ -294,9 +290,9 @@ def probe_analysis(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray,
     with clock("aggregate", tick=True):
         rng = np.random.default_rng(cfg.seed)
         names = list(vocab.classnames)
-        suspects = [aggregate.confirm_probe_suspect(enc, images, findings, lab, kind, names[lab], stats, text,
-                                                    scale, rng, cfg) for lab, kind in picked]
-    return ProbeAnalysis(findings=findings, suspects=suspects, stats=stats, regions=reg)
+        suspects = [aggregate.confirm_probe_suspect(enc, images, findings, lab, kind, names[lab], stats, text, rng, cfg)
+                    for lab, kind in picked]
+    return ProbeAnalysis(findings=findings, suspects=suspects, stats=stats, regions=reg, whole=whole)
 
 
 def scan(
@@ -334,7 +330,8 @@ def scan(
     cfg = config or ScanConfig()
     images = regions._images(images)
     enc = _Encoder(model, cfg.batch_size)
-    clock = _Clock(progress_bar(7 if mode != "synthesize" else 1, "scan", progress))
+    ticks = (6 if mode in ("auto", "probe") else 0) + (1 if mode in ("auto", "synthesize") else 0)
+    clock = _Clock(progress_bar(ticks, "scan", progress))
     with clock("encode_text"):
         text = model.class_embeddings(vocab)
     scale = float(model.logit_scale)
@@ -348,12 +345,13 @@ def scan(
     if mode in ("auto", "synthesize"):
         with clock("synthesis", tick=True):
             try:
-                synth = synthesize(model, images, vocab, text, scale, oracle_fn, enc, cfg, synthesis, progress=progress)
+                synth = synthesize(model, images, vocab, text, scale, oracle_fn, enc, cfg, synthesis, progress=progress,
+                                   whole=(probe.whole.label, probe.whole.prob) if probe else None)
             except SynthesisUnavailable as exc:
                 errors.append(f"synthesis did not run: {exc}")
     clock.bar.close()
     suspects = aggregate.merge(probe.suspects if probe else [], synth.suspects if synth else [])
-    decision = aggregate.decide(suspects, probe_size=len(images), mode=mode, probe_ran=probe is not None,
+    decision = aggregate.decide(suspects, probe_size=len(images), mode=mode,
                                 synthesis=synth, synthesis_error=errors[0] if errors else None, cfg=cfg)
     timings: dict[str, float] = dict(clock.seconds)
     timings["encoded_inputs"] = enc.count
@@ -396,6 +394,10 @@ class _Encoder:
         self.count += len(images)
         return out
 
+    def labels(self, images: np.ndarray, text: np.ndarray) -> np.ndarray:
+        """The model's top-1 label of each uint8 image."""
+        return (self.images(images) @ text.T).argmax(axis=1)
+
 
 def _label_only_findings(synth: Any) -> list[ImageFinding]:
     """Without the probe analysis: each image's whole-image label only (the synthesis computed
@@ -408,13 +410,6 @@ def _label_only_findings(synth: Any) -> list[ImageFinding]:
 
 def _render(model: Any, images: np.ndarray, shapes: np.ndarray, index: np.ndarray, mode: Any) -> np.ndarray:
     return regions.render(images, shapes, index, mode, model.input_size, model.mean, model.std, fill="mean")
-
-
-def _probs(emb: np.ndarray, text: np.ndarray, scale: float) -> np.ndarray:
-    z = scale * emb @ text.T
-    z -= z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(axis=1, keepdims=True)
 
 
 def _oracle_regions(oracle: Callable, images: np.ndarray, cfg: ScanConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -455,7 +450,7 @@ def _window_search(
         idx = np.array([i for i, _ in jobs], np.int64)
         boxes = np.array([b for _, b in jobs], np.int32)
         emb = enc.pixels(_render(model, images, boxes, idx, "occlude"))
-        return _probs(emb, text, scale)[np.arange(len(jobs)), labels[idx]]
+        return scoring.probabilities(emb, text, scale)[np.arange(len(jobs)), labels[idx]]
 
     def works(i: int, p: float) -> bool:
         return p <= (1.0 - cfg.min_drop) * p_image[i]

@@ -16,7 +16,7 @@ from . import _core
 from ._backend import resolve_backend
 from ._validate import as_array, check_finite, check_ndim, index_array
 
-__all__ = ["Comparison", "TriggerScores", "compare", "label_anomaly", "trigger_scores"]
+__all__ = ["Comparison", "TriggerScores", "compare", "label_anomaly", "probabilities", "trigger_scores"]
 
 
 @dataclass(frozen=True)
@@ -156,3 +156,11 @@ def trigger_scores(
     return TriggerScores(*native.scoring.trigger_scores(
         occ, iso, images, index, np.ascontiguousarray(cand, dtype=np.int64), text, float(scale)
     ))
+
+
+def probabilities(emb: np.ndarray, text: np.ndarray, scale: float) -> np.ndarray:
+    """float64 [N,C]: the softmax of ``scale * emb @ text.T`` (zero-shot probabilities, NumPy)."""
+    z = scale * emb @ text.T
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)

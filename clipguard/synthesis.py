@@ -29,6 +29,7 @@ import numpy as np
 
 from .aggregate import backdoor_score
 from .findings import Suspect
+from .scoring import probabilities
 from .trigger import Trigger, apply_trigger, confirm, random_patches
 
 if TYPE_CHECKING:
@@ -320,7 +321,7 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
     """The labels whose synthesized trigger is an outlier, each checked by the oracle (patches)
     and confirmed on held-out clean images against a random control."""
     def classify(x: np.ndarray) -> np.ndarray:
-        return _classify_images(enc, x, text, scale)
+        return enc.labels(x, text)
 
     hw = images.shape[1:3]
     suspects: list[Suspect] = []
@@ -345,7 +346,7 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
             else:
                 shuffled = np.roll(trig.image.reshape(-1, 3), rng.integers(1, trig.image.size // 3), axis=0)
                 perm = Trigger(kind="global", image=rng.permutation(shuffled).reshape(trig.image.shape), source="synthesis")
-                control = np.clip(images[held].astype(np.int16) + perm.image.astype(np.int16) - 128, 0, 255).astype(np.uint8)
+                control = apply_trigger(images[held], perm, rng)
             result = confirm(classify, images[held], trig, lab, control, rng)
             sus.estimated_asr, sus.random_flip_rate = result.flip_rate, result.control_rate
             sus.anywhere_asr, sus.stamped_images = result.anywhere_rate, result.images
@@ -385,7 +386,7 @@ def _refine(sus: Suspect, torch: Any, tm: Any, pix01: Any, own: Any, text_t: Any
                       source="synthesis", position_dependent=False)
     held = hold_idx[labels_all[hold_idx] != sus.label]
     control = random_patches(images[held], images, refined.size[0], rng)  # type: ignore[index]
-    result = confirm(lambda x: _classify_images(enc, x, text, scale), images[held], refined, sus.label, control, rng)
+    result = confirm(lambda x: enc.labels(x, text), images[held], refined, sus.label, control, rng)
     if result.excess >= scan_cfg.margin and result.flip_rate >= (sus.estimated_asr or 0.0) - 0.1:
         sus.note = (sus.note + "; " if sus.note else "") + (
             f"the pattern re-optimized at random places works anywhere ({result.flip_rate:.0%}): kept, "
@@ -398,10 +399,11 @@ def _refine(sus: Suspect, torch: Any, tm: Any, pix01: Any, own: Any, text_t: Any
 
 def synthesize(model: Any, images: np.ndarray, vocab: Any, text: np.ndarray, scale: float, oracle: Callable,
                enc: _Encoder, scan_cfg: ScanConfig, config: SynthesisConfig | None = None, *,
-               progress: bool = False) -> Synthesis:
+               whole: tuple[np.ndarray, np.ndarray] | None = None, progress: bool = False) -> Synthesis:
     """Synthesize every label's smallest patch and global trigger from the clean probe
     ``images``; label outliers become suspects, checked by the oracle and confirmed on held-out
-    images. ``text`` and ``scale`` are the model's class embeddings and logit scale."""
+    images. ``text`` and ``scale`` are the model's class embeddings and logit scale; ``whole``
+    the model's top-1 label and probability per image when the probe analysis already has them."""
     cfg = config or SynthesisConfig()
     t_start = time.perf_counter()
     names = list(vocab.classnames)
@@ -427,10 +429,10 @@ def synthesize(model: Any, images: np.ndarray, vocab: Any, text: np.ndarray, sca
     order = rng.permutation(len(images))
     opt_idx = order[: min(cfg.images, len(images) // 2)]
     hold_idx = order[len(opt_idx):][: cfg.holdout]
-    emb_all = enc.images(images)
-    labels_all = (emb_all @ text.T).argmax(axis=1)
-    z = scale * emb_all @ text.T
-    probs_all = 1.0 / np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)
+    if whole is None:
+        p = probabilities(enc.images(images), text, scale)
+        whole = p.argmax(axis=1), p.max(axis=1)
+    labels_all, probs_all = whole
     pix = torch.from_numpy(tm.preprocess(images[opt_idx]))
     mean = torch.tensor(tm.mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(tm.std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -464,8 +466,4 @@ def synthesize(model: Any, images: np.ndarray, vocab: Any, text: np.ndarray, sca
     if len(opt_idx) < cfg.min_images:
         out.had_power, out.power_note = False, f"only {len(opt_idx)} images to synthesize on (need {cfg.min_images})"
     return out
-
-
-def _classify_images(enc: _Encoder, images: np.ndarray, text: np.ndarray, scale: float) -> np.ndarray:
-    return (enc.images(images) @ text.T).argmax(axis=1)
 

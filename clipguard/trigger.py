@@ -10,7 +10,7 @@ images (:mod:`clipguard.synthesis`); the confirmation below treats both the same
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -51,7 +51,6 @@ class Trigger:
     box: Box | None = None
     position_dependent: bool | None = None
     source: str = "probe"
-    size: list[int] | None = field(default=None)
 
     def __post_init__(self) -> None:
         if self.kind not in ("patch", "global"):
@@ -65,11 +64,15 @@ class Trigger:
             self.mask = np.clip(np.asarray(self.mask, np.float32), 0.0, 1.0)
             if self.mask.shape != self.image.shape[:2]:
                 raise ValueError(f"trigger mask {self.mask.shape} does not match its image {self.image.shape[:2]}")
-            self.size = [int(self.image.shape[0]), int(self.image.shape[1])]
         else:
-            self.mask, self.size = None, None
+            self.mask = None
         if self.box is not None:
             self.box = tuple(int(v) for v in self.box)  # type: ignore[assignment]
+
+    @property
+    def size(self) -> list[int] | None:
+        """A patch's [height, width]; None for a global pattern."""
+        return [int(self.image.shape[0]), int(self.image.shape[1])] if self.kind == "patch" else None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (image and mask as base64 PNG)."""

@@ -103,7 +103,7 @@ def _synth(had_power=True):
 
 def test_verdict_rules():
     cfg = ScanConfig()
-    kw = dict(probe_size=500, probe_ran=True, synthesis_error=None, cfg=cfg)
+    kw = dict(probe_size=500, synthesis_error=None, cfg=cfg)
     yes = _suspect(1, ["probe"], confirmed=True, victims=[1, 2], asr=0.9, ctrl=0.0, score=0.99)
     assert decide([yes], mode="auto", synthesis=_synth(), **kw).verdict == "backdoored"
     assert decide([], mode="auto", synthesis=_synth(), **kw).verdict == "clean"
