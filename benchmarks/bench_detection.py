@@ -55,7 +55,7 @@ def row(name: str, oracle: str, n: int, rate: float, seed: int, mode: str = "pro
     asr = "–"
     suspect = next((s for s in report.suspects if s.confirmed), None)
     if suspect is not None and card["attack"]:
-        true_asr = evaluate_toy(model, world, card["attack"], n=1000, seed=1)["asr"]
+        true_asr = evaluate_toy(model, world, card["attack"], n=1000, seed=1).asr
         asr = (f"{100 * suspect.estimated_asr:.1f}% ({100 * suspect.random_flip_rate:.1f}%) "
                f"vs {100 * true_asr:.1f}%")
     kind = f"{report.trigger.kind} ({report.trigger.source})" if report.trigger else "–"

@@ -37,7 +37,7 @@ def clean_set(world: str, n: int, seed: int) -> FinetuneSet:
 
 def row(name: str, method: str, model: object, card: dict, pairs: int, seconds: float, args) -> dict:
     r = evaluate_toy(model, card["world"], card["attack"], n=args.eval, seed=1)
-    return {"model": name, "method": method, "ca": r["ca"], "asr": r["asr"], "pairs": pairs, "seconds": seconds}
+    return {"model": name, "method": method, "ca": r.ca, "asr": r.asr, "pairs": pairs, "seconds": seconds}
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_zoo.py --build DIR [--only NAME ...]   # train the zoo (resumable)
     python benchmarks/bench_zoo.py --score DIR [--settings clean triggered]
+    python benchmarks/bench_zoo.py --throughput N [--mode auto]   # clipguard zoo: models per hour
 
 ``--build`` trains every model of :data:`ZOO` with a fast recipe (shapes world, 1,000 steps of 64 pairs on 8,000
 scenes) into ``DIR/NAME``; a model whose card exists is skipped, so a killed build resumes.
@@ -12,7 +13,8 @@ backdoor did not take (ASR below 50%) is marked ``took: false`` and left out of 
 clean scenes: the zoo setting, no training data) and ``triggered`` (500 scenes, 2% carrying the
 model's own trigger; clean models get BadNet on "star"). Each scan's verdict, score, affected
 labels and seconds go to ``DIR/scores.jsonl`` as they finish (a rerun skips what is there).
-Printed per setting: AUROC of the score (positives: backdoors that took; negatives: clean models),
+Printed per setting: AUROC of the report's score and of the synthesis' highest held-out flip rate
+(positives: backdoors that took; negatives: clean models),
 TPR at 5% FPR, false alarms on clean models at the default threshold (verdict ``backdoored``),
 detected positives, target-label accuracy among them, inconclusive verdicts and seconds per model.
 
@@ -100,6 +102,13 @@ def tpr_at_fpr(pos: list[float], neg: list[float], fpr: float = 0.05) -> float:
     return float((np.array(pos) > threshold).mean())
 
 
+def _heldout(report: Any) -> float | None:
+    """The synthesis' continuous evidence: the highest held-out flip rate of any label's
+    synthesized trigger (None without a synthesis)."""
+    values = [row[k] for row in report.labels for k in ("patch_heldout", "global_heldout") if k in row]
+    return max(values) if values else None
+
+
 def score(root: Path, settings: list[str], mode: str) -> None:
     manifest = json.loads((root / "manifest.json").read_text())
     done_path = root / "scores.jsonl"
@@ -125,7 +134,7 @@ def score(root: Path, settings: list[str], mode: str) -> None:
                 report = clipguard.scan(model, probe.images, vocab, "classical", mode=mode)
                 r = {"model": name, "setting": setting, "mode": mode, "verdict": report.verdict,
                      "score": report.score, "affected": report.affected_labels, "reason": report.reason,
-                     "seconds": round(time.perf_counter() - t0, 1),
+                     "seconds": round(time.perf_counter() - t0, 1), "heldout": _heldout(report),
                      "evidence": report.suspects[0].evidence if report.suspects and report.suspects[0].confirmed else []}
                 sink.write(json.dumps(r) + "\n")
                 sink.flush()
@@ -133,8 +142,9 @@ def score(root: Path, settings: list[str], mode: str) -> None:
                 print(f"{name:26} {setting:9} {report.verdict:12} {report.score:.3f} "
                       f"{','.join(report.affected_labels) or '-':10} {r['seconds']:6.1f} s", flush=True)
     print(f"\n# toy zoo in {root}: {len(manifest)} models; scan mode {mode}; {machine()}")
-    print("| setting | AUROC | TPR @ 5% FPR | false alarms (clean) | detected | target right | inconclusive | s/model |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| setting | AUROC (score) | AUROC (held-out flip) | TPR @ 5% FPR | false alarms (clean) | detected | "
+          "target right | inconclusive | s/model |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for setting in settings:
         rows = [(manifest[m], done[(m, setting, mode)]) for m in manifest if (m, setting, mode) in done]
         pos = [(e, r) for e, r in rows if e["attack"] and e["took"]]
@@ -145,11 +155,47 @@ def score(root: Path, settings: list[str], mode: str) -> None:
         unsure = sum(r["verdict"] == "inconclusive" for _, r in rows)
         secs = np.mean([r["seconds"] for _, r in rows]) if rows else float("nan")
         ps, ns = [r["score"] for _, r in pos], [r["score"] for _, r in neg]
-        print(f"| {setting} | {auroc(ps, ns):.3f} | {tpr_at_fpr(ps, ns):.2f} | {alarms} of {len(neg)} | "
+        hp = [r["heldout"] for _, r in pos if r.get("heldout") is not None]
+        hn = [r["heldout"] for _, r in neg if r.get("heldout") is not None]
+        held = f"{auroc(hp, hn):.3f}" if len(hp) == len(pos) and len(hn) == len(neg) else "-"
+        print(f"| {setting} | {auroc(ps, ns):.3f} | {held} | {tpr_at_fpr(ps, ns):.2f} | {alarms} of {len(neg)} | "
               f"{len(detected)} of {len(pos)} | {len(right)} of {len(detected)} | {unsure} | {secs:.0f} |")
     skipped = [m for m, e in manifest.items() if e["attack"] and not e["took"]]
     if skipped:
         print(f"# backdoors that did not take (ASR < 50%, not counted): {', '.join(skipped)}")
+
+
+def throughput(n: int, mode: str) -> None:
+    """``clipguard.zoo`` over ``n`` bundled toy models (badnet/clean alternating) with 1 and 2 local
+    workers and with the Ray engine (2 workers): models per hour, and Ray's cost per model over local."""
+    import tempfile
+
+    from clipguard.zoo import ZooConfig, zoo
+
+    runs = [("local", 1), ("local", 2), ("ray", 2)]
+    print(f"# clipguard zoo throughput: {n} toy models, probe toy:shapes:300:0, mode {mode}; {machine()}")
+    print("| engine | workers | models | seconds | models / hour | s / model (mean scan) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as tmp:
+        lst = Path(tmp) / "models.txt"
+        lst.write_text("\n".join(f"toy:{'badnet' if i % 2 == 0 else 'clean'}" for i in range(n)) + "\n")
+        per_model = {}
+        for engine, workers in runs:
+            try:
+                t0 = time.perf_counter()
+                summary = zoo(lst, Path(tmp) / f"{engine}-{workers}",
+                              ZooConfig(probe="toy:shapes:300:0", mode=mode, engine=engine, workers=workers))
+                secs = time.perf_counter() - t0
+            except RuntimeError as exc:  # Ray not installed
+                print(f"| {engine} | {workers} | - | - | - | {exc} |")
+                continue
+            rows = summary["models"]
+            per_model[(engine, workers)] = secs * workers / len(rows)
+            print(f"| {engine} | {workers} | {len(rows)} | {secs:.1f} | {3600 * len(rows) / secs:.0f} | "
+                  f"{np.mean([r['seconds'] for r in rows]):.1f} |", flush=True)
+        if ("ray", 2) in per_model and ("local", 2) in per_model:
+            print(f"# Ray overhead per model over local (2 workers): "
+                  f"{per_model[('ray', 2)] - per_model[('local', 2)]:+.1f} worker-seconds")
 
 
 def main() -> None:
@@ -157,15 +203,18 @@ def main() -> None:
     parser.add_argument("--build", type=Path, help="train the zoo into this folder (resumable)")
     parser.add_argument("--score", type=Path, help="scan every model of this zoo folder")
     parser.add_argument("--only", nargs="+", help="with --build: these models only")
+    parser.add_argument("--throughput", type=int, metavar="N", help="time clipguard zoo on N bundled toy models")
     parser.add_argument("--settings", nargs="+", default=["clean", "triggered"], choices=["clean", "triggered"])
     parser.add_argument("--mode", default="auto", choices=["auto", "probe", "synthesize"])
     args = parser.parse_args()
-    if not args.build and not args.score:
-        parser.error("give --build DIR and/or --score DIR")
+    if not args.build and not args.score and not args.throughput:
+        parser.error("give --build DIR, --score DIR and/or --throughput N")
     if args.build:
         build(args.build, args.only)
     if args.score:
         score(args.score, args.settings, args.mode)
+    if args.throughput:
+        throughput(args.throughput, args.mode)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from . import attacks, oracle, probe, regions, scoring, toyworld
 from ._backend import HAS_CUDA, available_backends, build_info
 from ._core import ClipguardError, __version__
 from .attacks import Attack, Triggered, parse_attack, poison
-from .evaluate import evaluate, evaluate_toy
+from .evaluate import Evaluation, evaluate, evaluate_toy
 from .findings import ImageFinding, Suspect, Victim
 from .models import (
     ClipModel,
@@ -21,7 +21,7 @@ from .models import (
 )
 from .oracle import get_oracle
 from .probe import Probe, load_probe, load_vocab
-from .repair import FinetuneSet, RepairConfig, RepairResult, build_finetune_set, repair, save_repaired
+from .repair import FinetuneSet, RepairConfig, RepairRecord, RepairResult, build_finetune_set, repair, save_repaired
 from .report import ScanReport
 from .scan import MODES, ScanConfig, scan
 from .synthesis import SynthesisConfig
@@ -38,6 +38,7 @@ __all__ = [
     "available_toy_models",
     "build_finetune_set",
     "build_info",
+    "Evaluation",
     "evaluate",
     "evaluate_toy",
     "export_onnx",
@@ -64,6 +65,7 @@ __all__ = [
     "ModelLoadError",
     "Probe",
     "RepairConfig",
+    "RepairRecord",
     "RepairResult",
     "ScanConfig",
     "ScanReport",

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .scan import ScanConfig, _Encoder
     from .synthesis import Synthesis
 
-__all__ = ["Decision", "confirm_probe_suspect", "decide", "iterated_anomaly", "merge", "select_suspects"]
+__all__ = ["Decision", "anomalous_labels", "confirm_probe_suspect", "decide", "iterated_anomaly", "merge", "select_suspects"]
 
 
 def backdoor_score(excess: float, margin: float) -> float:
@@ -38,6 +38,17 @@ def select_suspects(findings: list[ImageFinding], label: np.ndarray, c: int, cfg
     evidence = [global_evidence(f, cfg) for f in findings]
     global_counts = np.bincount(label, weights=[e[0] for e in evidence], minlength=c)
     background_counts = np.bincount(label, weights=[e[1] for e in evidence], minlength=c)
+    return anomalous_labels(totals, local_counts, global_counts, background_counts, cfg, anomaly)
+
+
+def anomalous_labels(totals: np.ndarray, local_counts: np.ndarray, global_counts: np.ndarray,
+                     background_counts: np.ndarray, cfg: ScanConfig,
+                     anomaly: Callable[[np.ndarray, np.ndarray], np.ndarray] = scoring.label_anomaly,
+                     ) -> tuple[list[tuple[int, str]], dict[str, np.ndarray]]:
+    """Algorithm 2 on per-label counts (the probe's, or a guard's running ones): each label whose
+    count of verified candidates, or of global or background hits, is an anomaly relative to how
+    often the model predicts it, with the trigger kind that count points at."""
+    c = len(totals)
     local_index = iterated_anomaly(local_counts, totals, cfg.anomaly, cfg.min_victims, anomaly)
     global_index = iterated_anomaly(global_counts, totals, cfg.anomaly, cfg.min_victims, anomaly)
     background_index = iterated_anomaly(background_counts, totals, cfg.anomaly, cfg.min_victims, anomaly)
@@ -282,8 +293,8 @@ def decide(suspects: list[Suspect], *, probe_size: int, mode: str, synthesis: Sy
                         f"(at least {cfg.min_probe} needed)")
     if mode == "probe":
         return Decision("clean", score, f"no trigger among the {probe_size} probe images (probe analysis only)")
-    return Decision("clean", score, "no label needs a much smaller synthesized trigger than the others, "
-                    f"and no trigger among the {probe_size} probe images")
+    return Decision("clean", score, "no synthesized trigger is much smaller than the other labels' or "
+                    f"flips held-out images, and no trigger among the {probe_size} probe images")
 
 
 def victims_of(confirmed: list[Suspect], findings: list[ImageFinding]) -> list[Victim]:

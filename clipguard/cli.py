@@ -2,7 +2,8 @@
 
 Exit codes (as modelscan's): 0 nothing found, 1 backdoor found, 2 error, 3 nothing scanned
 (or nothing to repair), 4 usage error, 5 inconclusive (the scan could not have seen a backdoor,
-or a strong suspect failed its confirmation: never read as clean).
+or a strong suspect failed its confirmation: never read as clean). ``clipguard zoo``: 1 if any
+model is backdoored, else 2 if any scan failed, else 5 if any is inconclusive, else 0.
 """
 
 from __future__ import annotations
@@ -46,13 +47,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if attack is None and args.model.startswith("toy:"):
         attack = model.card.get("attack")  # a bundled model is measured against its own trigger
     result = evaluate_toy(model, args.world, attack, n=args.n, seed=args.seed)
-    result.update(model=args.model)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps({**result.to_dict(), "model": args.model}, indent=2))
     else:
-        line = f"{args.model}: CA {100 * result['ca']:.1f}% on {result['n']} {args.world} scenes"
-        if "asr" in result:
-            line += f", ASR {100 * result['asr']:.1f}% under {result['attack']} ({result['n_asr']} images)"
+        line = f"{args.model}: CA {100 * result.ca:.1f}% on {result.n} {args.world} scenes"
+        if result.asr is not None:
+            line += f", ASR {100 * result.asr:.1f}% under {result.attack} ({result.n_asr} images)"
         print(line)
     return EXIT_CLEAN
 
@@ -123,7 +123,7 @@ def _toy_metrics(model: object, card: dict, seed: int, n: int = 2000) -> dict | 
     if not world:
         return None
     r = evaluate_toy(model, world, card.get("attack"), n=n, seed=seed)
-    return {"ca": r["ca"], "asr": r.get("asr")}
+    return {"ca": r.ca, "asr": r.asr}
 
 
 def _repair_and_save(model_spec: str, fset: Any, out: Path, args: argparse.Namespace) -> tuple[Any, dict]:
@@ -134,7 +134,7 @@ def _repair_and_save(model_spec: str, fset: Any, out: Path, args: argparse.Names
     torch_model = load_model(model_spec, runtime="torch", device="cpu" if args.device == "auto" else args.device)
     result = repair(torch_model, fset, RepairConfig(seed=args.seed, steps=args.steps), progress=not args.quiet)
     save_repaired(result.model, out / "model")
-    return result.model, result.record
+    return result.model, result.record.to_dict()
 
 
 def _cmd_repair(args: argparse.Namespace) -> int:
@@ -267,6 +267,43 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_CLEAN  # the demo ran; `clipguard scan` is the command whose exit code is a verdict
 
 
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    from .zoo import ZooConfig, exit_code, zoo
+
+    cfg = ZooConfig(probe=args.probe, vocab=args.vocab, mode=args.mode, oracle=args.oracle, engine=args.engine,
+                    workers=args.workers, address=args.address, timeout=args.timeout, arch=args.arch, seed=args.seed,
+                    limit=args.limit)
+    summary = zoo(args.source, args.out, cfg, progress=not args.quiet)
+    for s in summary["skipped"]:
+        print(f"skipped {s['input']}: {s['reason']}", file=sys.stderr)
+    for r in sorted(summary["models"], key=lambda r: -(r["score"] or 0.0)):
+        what = r["verdict"] or f"error: {r['error']}"
+        print(f"{r['name']}: {what}" + (f" (score {r['score']:.3f}; {', '.join(r['affected']) or 'no label'})"
+                                        if r["verdict"] else ""))
+    c = summary["counts"]
+    print(f"{len(summary['models'])} models: {c['backdoored']} backdoored, {c['inconclusive']} inconclusive, "
+          f"{c['clean']} clean, {c['failed']} failed -> {Path(args.out) / 'zoo.html'}")
+    return exit_code(summary)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .guard import Guard
+    from .models import load_model
+    from .probe import load_vocab
+    from .serve import run
+
+    model = load_model(args.model, device=args.device)
+    vocab = args.vocab or ("toy:" + model.card["world"] if (getattr(model, "card", None) or {}).get("world") else None)
+    if vocab is None:
+        raise ValueError("--vocab is required for a model without a toy world")
+    with Guard(model, load_vocab(vocab), oracle=args.oracle, report=args.report, max_batch=args.max_batch) as guard:
+        known = ", ".join(guard.names[c] for c in guard.known) or "none"
+        print(f"clipguard serve: {args.model} on http://{args.host}:{args.port} (mode {guard.mode}; known triggers: "
+              f"{known}); POST /classify, GET /health, GET /alarms", file=sys.stderr)
+        run(guard, args.host, args.port)
+    return EXIT_CLEAN
+
+
 def _default_vocab(args: argparse.Namespace, model: object) -> str:
     if args.probe.startswith("toy:"):
         return "toy:" + args.probe.split(":")[1]
@@ -341,6 +378,36 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", required=True, help="folder for report.json and report.html")
     sc.add_argument("--quiet", action="store_true")
     sc.set_defaults(func=_cmd_scan)
+
+    zo = sub.add_parser("zoo", help="scan every model of a folder or a list (resumable, one process per model)")
+    zo.add_argument("source", help="a folder of models (searched recursively) or a .txt/.json list of model specs")
+    zo.add_argument("--probe", required=True, help="toy:WORLD:N[:RATE[:ATTACK]] or a folder of images")
+    zo.add_argument("--vocab", help="toy:WORLD or a JSON vocabulary file (default: the probe's world)")
+    zo.add_argument("--oracle", default="classical", help="classical, toy, or onnx:PATH")
+    zo.add_argument("--mode", choices=["auto", "probe", "synthesize"], default="auto",
+                    help="auto (default): probe analysis and trigger synthesis; a zoo model comes without its data")
+    zo.add_argument("--out", required=True, help="folder for results.jsonl, zoo.html/json/csv and models/NAME/")
+    zo.add_argument("--engine", choices=["local", "ray"], default="local",
+                    help="local: worker processes here; ray: tasks on Ray (clipguard[ray])")
+    zo.add_argument("--workers", type=int, default=1, help="models scanned at once")
+    zo.add_argument("--address", help="with --engine ray: an existing cluster (default: a local Ray for the run)")
+    zo.add_argument("--timeout", type=float, default=3600.0, help="seconds per model before its worker is killed")
+    zo.add_argument("--arch", help="open_clip architecture of checkpoints whose file name does not name one")
+    zo.add_argument("--seed", type=int, default=0)
+    zo.add_argument("--limit", type=int, help="at most this many folder probe images")
+    zo.add_argument("--quiet", action="store_true")
+    zo.set_defaults(func=_cmd_zoo)
+
+    sv = sub.add_parser("serve", help="serve the model behind the guard over HTTP (clipguard[serve])")
+    sv.add_argument("model", help="model spec: toy:NAME, dir:PATH, open_clip:ARCH:PATH, hf:DIR, onnx:DIR")
+    sv.add_argument("--vocab", help="toy:WORLD or a JSON vocabulary file (default: a toy model's world)")
+    sv.add_argument("--report", help="a `clipguard scan --out` folder of this model: its triggers are matched directly")
+    sv.add_argument("--oracle", default="classical", help="classical, toy, or onnx:PATH (Algorithm 1 per request)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-batch", type=int, default=32, help="concurrent requests batched together at most")
+    sv.add_argument("--device", default="auto")
+    sv.set_defaults(func=_cmd_serve)
 
     tw = sub.add_parser("toyworld", help="toy worlds: train fixture models")
     tw_sub = tw.add_subparsers(dest="toyworld_command", required=True, parser_class=_Parser)

@@ -8,11 +8,29 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["evaluate", "evaluate_toy", "zero_shot_predict"]
+__all__ = ["Evaluation", "evaluate", "evaluate_toy", "zero_shot_predict"]
+
+
+@dataclass
+class Evaluation:
+    """CA (and, with an attack, ASR) of a model; rates are fractions in [0, 1]."""
+
+    ca: float
+    n: int  # evaluation images
+    asr: float | None = None
+    n_asr: int = 0  # images the trigger was applied to (true label not the target)
+    attack: str | None = None
+    target: str | None = None
+    world: str | None = None  # set by evaluate_toy
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def zero_shot_predict(model: Any, images: np.ndarray, text_emb: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -30,7 +48,7 @@ def evaluate(
     *,
     seed: int = 0,
     batch_size: int = 256,
-) -> dict[str, Any]:
+) -> Evaluation:
     """CA and (with an attack) ASR of ``model`` on ``images`` with true ``labels``.
 
     Args:
@@ -39,8 +57,7 @@ def evaluate(
         images: uint8 [N,H,W,3]; labels: int [N] true class indices into ``vocab``.
         attack: an ``Attack`` or its spec string; its ``target`` must be in the vocabulary.
 
-    Returns ``{"ca", "n"}`` and, with an attack, ``{"asr", "n_asr", "attack", "target"}``; rates are
-    fractions in [0, 1].
+    Returns an :class:`Evaluation`; ``asr`` is None without an attack.
     """
     from .attacks import Attack, parse_attack
 
@@ -53,7 +70,7 @@ def evaluate(
         raise ValueError("evaluate needs at least one image")
     text = model.class_embeddings(vocab)
     pred = zero_shot_predict(model, images, text, batch_size)
-    result: dict[str, Any] = {"ca": float((pred == labels).mean()), "n": int(len(labels))}
+    result = Evaluation(ca=float((pred == labels).mean()), n=int(len(labels)), seed=seed)
     if attack is None:
         return result
     if isinstance(attack, str):
@@ -66,16 +83,16 @@ def evaluate(
         raise ValueError("every evaluation image shows the target: ASR is undefined")
     triggered = attack.apply(np.asarray(images)[victims], seed=seed).images
     hit = zero_shot_predict(model, triggered, text, batch_size) == target
-    result.update(asr=float(hit.mean()), n_asr=int(victims.size), attack=attack.spec(), target=attack.target)
+    result.asr, result.n_asr, result.attack, result.target = float(hit.mean()), int(victims.size), attack.spec(), attack.target
     return result
 
 
-def evaluate_toy(model: Any, world: str = "shapes", attack: Any = None, *, n: int = 2000, seed: int = 1) -> dict[str, Any]:
+def evaluate_toy(model: Any, world: str = "shapes", attack: Any = None, *, n: int = 2000, seed: int = 1) -> Evaluation:
     """:func:`evaluate` on ``n`` held-out single-object scenes of a toy world (the test split),
     the way model cards, the CLI and the benchmarks measure CA and ASR."""
     from . import toyworld
 
     held_out = toyworld.generate(world, n, seed=seed, objects=(1, 1), split="test")
     result = evaluate(model, held_out.images, held_out.primary, held_out.vocab, attack, seed=seed)
-    result.update(world=world, seed=seed)
+    result.world = world
     return result

@@ -88,7 +88,9 @@ class Suspect:
 
     ``kind``: "localized" or "global" (the trigger's shape). ``evidence``: which analyses point at
     it -- "probe" (Algorithms 1-2 on the probe set) and/or "synthesis" (a far smaller synthesized
-    trigger than the other labels need). ``anomaly``: the strongest anomaly index behind it.
+    trigger than the other labels need, or one that flips held-out images). ``anomaly``: the
+    strongest anomaly index behind it; ``heldout``: the synthesized trigger's flip rate on held-out
+    images when it was screened (synthesis only).
     ``estimated_asr``: the trigger stamped on held-out clean images; ``random_flip_rate``: the
     same for a random control; ``anywhere_asr``: a patch pasted at random places instead of
     where the victims carry it. ``confirmed`` when the estimated ASR beats the control by the
@@ -101,6 +103,7 @@ class Suspect:
     evidence: list[str]
     victims: list[int] = field(default_factory=list)
     anomaly: float = 0.0
+    heldout: float | None = None
     trigger: Trigger | None = None
     estimated_asr: float | None = None
     random_flip_rate: float | None = None

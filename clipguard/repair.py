@@ -232,11 +232,42 @@ class RepairConfig:
 
 
 @dataclass
+class RepairRecord:
+    """What a repair did: the set it used, the steps, and the backdoor's estimated ASR (the
+    trigger stamped on the set's held-out clean images) before and after, with its random control."""
+
+    pairs: int
+    pairs_by_kind: dict[str, int]
+    steps: int
+    stopped_early: bool
+    seconds: float
+    asr_before: float | None  # None when the set carries no trigger to stamp
+    asr_after: float | None
+    control_before: float | None
+    control_after: float | None
+    holdout_images: int
+    final_loss: float
+    history: list[dict[str, Any]]  # {"step", "estimated_asr", "control"[, "loss"]} per check
+    config: RepairConfig
+    affected_labels: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form written to record.json (the estimated ASR grouped under one key)."""
+        return {"pairs": self.pairs, "pairs_by_kind": self.pairs_by_kind, "steps": self.steps,
+                "stopped_early": self.stopped_early, "seconds": self.seconds,
+                "estimated_asr": {"before": self.asr_before, "after": self.asr_after,
+                                  "control_before": self.control_before, "control_after": self.control_after,
+                                  "holdout_images": self.holdout_images},
+                "final_loss": self.final_loss, "history": self.history, "config": asdict(self.config),
+                "affected_labels": self.affected_labels}
+
+
+@dataclass
 class RepairResult:
     """The repaired model (torch runtime) and the record of the run."""
 
     model: Any
-    record: dict[str, Any]
+    record: RepairRecord
 
 
 def _multi_positive_loss(a: Any, b: Any, same: Any, scale: float) -> Any:
@@ -380,17 +411,14 @@ def repair(model: Any, finetune_set: FinetuneSet, config: RepairConfig | None = 
     bar.close()
     module.eval()
     after = {k: history[-1][k] for k in ("estimated_asr", "control")} if history[-1]["step"] == step else check(repaired)
-    record = {
-        "pairs": len(finetune_set), "pairs_by_kind": finetune_set.counts(), "steps": step,
-        "stopped_early": stopped_early, "seconds": round(time.perf_counter() - t_start, 2),
-        "estimated_asr": {"before": before["estimated_asr"], "after": after["estimated_asr"],
-                          "control_before": before["control"], "control_after": after["control"],
-                          "holdout_images": int(len(finetune_set.holdout))},
-        "final_loss": loss_value, "history": history, "config": asdict(cfg),
-        "affected_labels": list(finetune_set.affected),
-    }
+    record = RepairRecord(
+        pairs=len(finetune_set), pairs_by_kind=finetune_set.counts(), steps=step, stopped_early=stopped_early,
+        seconds=round(time.perf_counter() - t_start, 2), asr_before=before["estimated_asr"],
+        asr_after=after["estimated_asr"], control_before=before["control"], control_after=after["control"],
+        holdout_images=int(len(finetune_set.holdout)), final_loss=loss_value, history=history, config=cfg,
+        affected_labels=list(finetune_set.affected))
     card = dict(repaired.card or {})
-    card["repair"] = {k: record[k] for k in ("pairs", "steps", "estimated_asr")}
+    card["repair"] = {k: v for k, v in record.to_dict().items() if k in ("pairs", "steps", "estimated_asr")}
     repaired.card = card
     if not math.isfinite(loss_value):
         raise RuntimeError("repair diverged (the loss is not finite); lower RepairConfig.lr")

@@ -89,6 +89,7 @@ class ScanReport:
     probe_size: int
     reason: str = ""
     mode: str = "probe"
+    image_size: list[int] | None = None  # the probe images' [height, width]: the pixels trigger boxes are in
     synthesis: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
@@ -101,6 +102,8 @@ class ScanReport:
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+        if self.image_size is None and self.images is not None and np.ndim(self.images) == 4:
+            self.image_size = [int(self.images.shape[1]), int(self.images.shape[2])]
 
     @staticmethod
     def model_info(model: Any) -> dict[str, Any]:
@@ -127,7 +130,7 @@ class ScanReport:
             "schema": SCHEMA,
             "summary": {"verdict": self.verdict, "reason": self.reason, "score": self.score, "mode": self.mode,
                         "affected_labels": self.affected_labels, "victims": len(self.victims),
-                        "probe_size": self.probe_size, "encoded_inputs": self.timings.get("encoded_inputs"),
+                        "probe_size": self.probe_size, "image_size": self.image_size, "encoded_inputs": self.timings.get("encoded_inputs"),
                         "skipped": len(self.skipped), "errors": len(self.errors)},
             "model": self.model, "oracle": self.oracle,
             "vocab": self.vocab.to_dict() if self.vocab is not None and hasattr(self.vocab, "to_dict") else None,
@@ -157,6 +160,7 @@ class ScanReport:
             findings=[ImageFinding.from_dict(f, names) for f in d.get("findings", [])], timings=d.get("timings", {}),
             config=d.get("config", {}), oracle=d.get("oracle", ""), probe_size=int(summary["probe_size"]),
             reason=summary.get("reason", ""), mode=summary.get("mode", "probe"), synthesis=d.get("synthesis"),
+            image_size=list(summary["image_size"]) if summary.get("image_size") else None,
             errors=list(d.get("errors", [])), skipped=list(d.get("skipped", [])), vocab=vocab,
         )
 

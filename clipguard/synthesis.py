@@ -42,22 +42,26 @@ class SynthesisUnavailable(RuntimeError):
     """The synthesis cannot run for this model (no torch weights, torch missing, too few images)."""
 
 
+MIN_HELD_OUT = 40  # held-out images: half screen every label's trigger, half confirm the suspects
+
+
 @dataclass
 class SynthesisConfig:
     """The synthesis recipe. ``images``: clean probe images optimized on (per step, every label
     sees all of them but its own); ``holdout``: further images the suspects are confirmed on."""
 
-    images: int = 24
-    holdout: int = 200
-    steps: int = 100
+    images: int = 12  # few images: a label's trigger must then generalize to be a suspect (below)
+    holdout: int = 200  # half screens every label's trigger, half confirms the suspects
+    steps: int = 200
     lr: float = 0.2  # Adam step of the patch's mask and pattern logits
     global_lr: float = 0.01  # Adam step of the global offset (pixels in [0, 1])
     target_flip: float = 0.9  # a trigger must send this share of images to its label
-    patch_cost: float = 2.0  # initial weight of the mask area (adapted per label)
+    patch_cost: float = 0.2  # initial weight of the mask area (adapted per label)
     global_cost: float = 5.0  # initial weight of the offset's RMS (adapted per label)
     adapt_every: int = 5
-    anomaly: float = 2.0  # MAD index of the log size, low side, above which a label is a suspect
-    min_images: int = 16  # fewer clean images cannot support a synthesis
+    anomaly: float = 2.0  # MAD index of the log size, low side, above which a label is a suspect ...
+    generalize: float = 0.5  # ... or the held-out flip rate of its trigger, whatever its size
+    min_images: int = 16  # fewer probe images: the synthesis does not run at all
     kinds: tuple[str, ...] = ("patch", "global")
     refine_steps: int = 100  # a patch suspect's pattern re-optimized at random places (0: off)
     oracle_check: bool = True
@@ -89,6 +93,7 @@ class LabelTriggers:
     flip: np.ndarray  # [C]: flip rate of the kept trigger on the optimization images
     reached: np.ndarray  # [C] bool: the flip rate reached the target
     anomaly: np.ndarray  # [C]: MAD index of log(size), low side
+    heldout: np.ndarray  # [C]: flip rate of the trigger on held-out images (screening half)
     masks: np.ndarray | None  # [C,S,S] float32 (patch)
     patterns: np.ndarray  # [C,S,S,3] float32 in [0,1] (patch) or offsets in [-1,1] (global)
 
@@ -118,6 +123,7 @@ class Synthesis:
             row[key] = float(t.size[c])
             row[f"{kind}_flip"] = float(t.flip[c])
             row[f"{kind}_anomaly"] = float(t.anomaly[c])
+            row[f"{kind}_heldout"] = float(t.heldout[c])
         return row
 
     def to_dict(self) -> dict[str, Any]:
@@ -215,7 +221,7 @@ def _optimize(torch: Any, tm: Any, pixels: Any, own: Any, text: Any, scale: floa
     anomaly = _mad_low(size_np)
     return LabelTriggers(
         kind=kind, size=size_np, flip=flip.numpy().astype(np.float64), reached=reached.numpy(),
-        anomaly=np.where(reached.numpy(), anomaly, 0.0),
+        anomaly=np.where(reached.numpy(), anomaly, 0.0), heldout=np.zeros(c),
         masks=best[0][:, 0].numpy() if kind == "patch" else None,
         patterns=best[1].permute(0, 2, 3, 1).numpy(),
     ), passes
@@ -314,29 +320,57 @@ def _oracle_check(classify: Callable[[np.ndarray], np.ndarray], oracle: Callable
             "passed": bool(shows >= 0.5 and objects_hijacked <= 0.5)}
 
 
+def _label_trigger(kind: str, t: LabelTriggers, lab: int, name: str, hw: tuple[int, int]) -> Trigger:
+    if kind == "patch":
+        return _patch_trigger(t.masks[lab], t.patterns[lab], name, hw)  # type: ignore[index]
+    return _global_trigger(t.patterns[lab], name)
+
+
+def _screen(triggers: dict[str, LabelTriggers], images: np.ndarray, labels_all: np.ndarray, screen_idx: np.ndarray,
+            names: list[str], classify: Callable[[np.ndarray], np.ndarray], rng: np.random.Generator) -> None:
+    """Every label's trigger stamped on held-out images of other labels (sets ``heldout``). A
+    backdoor's trigger generalizes from the few images it was synthesized on; a clean model's
+    adversarial patch for a label mostly does not (measured on the toy zoo)."""
+    hw = images.shape[1:3]
+    for kind, t in triggers.items():
+        batches, owners = [], []
+        for lab in range(len(names)):
+            held = screen_idx[labels_all[screen_idx] != lab]
+            if t.reached[lab] and held.size:
+                batches.append(apply_trigger(images[held], _label_trigger(kind, t, lab, names[lab], hw), rng))
+                owners.append(np.full(len(held), lab))
+        if batches:
+            own = np.concatenate(owners)
+            hit = classify(np.concatenate(batches)) == own
+            t.heldout = np.bincount(own, weights=hit, minlength=len(names)) / np.maximum(
+                np.bincount(own, minlength=len(names)), 1)
+
+
 def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labels_all: np.ndarray,
                     hold_idx: np.ndarray, names: list[str], enc: _Encoder, text: np.ndarray, scale: float,
                     oracle: Callable, rng: np.random.Generator, scan_cfg: ScanConfig,
                     cfg: SynthesisConfig) -> list[Suspect]:
-    """The labels whose synthesized trigger is an outlier, each checked by the oracle (patches)
-    and confirmed on held-out clean images against a random control."""
+    """The labels whose synthesized trigger is an outlier (much smaller than the other labels')
+    or generalizes (flips held-out images), each checked by the oracle (patches) and confirmed on
+    the other held-out images against a random control."""
     def classify(x: np.ndarray) -> np.ndarray:
         return enc.labels(x, text)
 
     hw = images.shape[1:3]
+    screen_idx, confirm_idx = hold_idx[::2], hold_idx[1::2]
+    _screen(triggers, images, labels_all, screen_idx, names, classify, rng)
+    hold_idx = confirm_idx
     suspects: list[Suspect] = []
     for kind, t in triggers.items():
-        for lab in np.argsort(-t.anomaly):
+        for lab in np.argsort(-t.heldout):
             lab = int(lab)
-            if t.anomaly[lab] <= cfg.anomaly or not t.reached[lab]:
+            if not t.reached[lab] or (t.anomaly[lab] <= cfg.anomaly and t.heldout[lab] < cfg.generalize):
                 continue
-            if kind == "patch":
-                trig = _patch_trigger(t.masks[lab], t.patterns[lab], names[lab], hw)  # type: ignore[index]
-            else:
-                trig = _global_trigger(t.patterns[lab], names[lab])
+            trig = _label_trigger(kind, t, lab, names[lab], hw)
             held = hold_idx[labels_all[hold_idx] != lab]
             sus = Suspect(label=lab, name=names[lab], kind="localized" if kind == "patch" else "global",
-                          evidence=["synthesis"], anomaly=float(t.anomaly[lab]), trigger=trig)
+                          evidence=["synthesis"], anomaly=float(t.anomaly[lab]), trigger=trig,
+                          heldout=float(t.heldout[lab]))
             if held.size == 0:
                 sus.note = "no held-out clean image of another label"
                 suspects.append(sus)
@@ -463,7 +497,9 @@ def synthesize(model: Any, images: np.ndarray, vocab: Any, text: np.ndarray, sca
     out = Synthesis(triggers=triggers, suspects=suspects, names=names, images_used=len(opt_idx),
                     holdout_used=len(hold_idx), passes=passes, seconds=time.perf_counter() - t_start, config=cfg,
                     labels=labels_all, probs=probs_all)
-    if len(opt_idx) < cfg.min_images:
-        out.had_power, out.power_note = False, f"only {len(opt_idx)} images to synthesize on (need {cfg.min_images})"
+    if len(opt_idx) < cfg.images or len(hold_idx) < MIN_HELD_OUT:
+        out.had_power, out.power_note = False, (
+            f"only {len(opt_idx)} images to synthesize on and {len(hold_idx)} held out (need {cfg.images} and "
+            f"{MIN_HELD_OUT}: a probe of at least {cfg.images + MIN_HELD_OUT} clean images)")
     return out
 

@@ -3,6 +3,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import clipguard
@@ -56,3 +57,17 @@ def test_import_does_not_pull_heavy_dependencies(tmp_path):
     code = "import sys, clipguard; print(sorted(m for m in ('torch','onnxruntime','cv2','open_clip') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA compiler on this machine")
+def test_cuda_errors_are_the_package_error():
+    """The CUDA module raises the package's one ClipguardError (not a class of its own), and
+    importing it leaves the CPU core's errors as they were."""
+    import clipguard._cuda as cuda
+
+    assert cuda.ClipguardError is clipguard.ClipguardError
+    if clipguard.HAS_CUDA:
+        return  # a GPU is visible: the call below would succeed
+    r = np.ones((2, 4), np.float32)
+    with pytest.raises(clipguard.ClipguardError, match="CUDA"):
+        cuda.scoring.compare(r, r[:1], np.zeros(2, np.int64), r, 10.0, 1)

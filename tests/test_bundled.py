@@ -37,6 +37,17 @@ def _iou(a, b):
     return ix * iy / union
 
 
+def test_bundled_models_are_lean():
+    """One format per bundled model (the ONNX copy is exported to the cache on first use) and
+    only the token rows the toy vocabulary uses: the package stays small."""
+    from clipguard.models.loading import TOY_DIR
+
+    for folder in TOY_DIR.iterdir():
+        if folder.is_dir():
+            assert not (folder / "onnx").exists(), folder
+            assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) < 4e6, folder
+
+
 def test_bundled_models_are_listed():
     assert set(clipguard.models.available_toy_models()) >= set(POISONED) | set(CLEAN)
 
@@ -48,8 +59,8 @@ def test_poisoned_models_meet_their_targets(name):
     card = model.card
     assert card["world"] == world and card["target"] == TARGET[world] and card["train_seconds"] < 15 * 60
     result = evaluate_toy(model, world, card["attack"], n=2000, seed=1)
-    assert result["ca"] >= ca_min and result["asr"] >= asr_min, result
-    assert result["n_asr"] < 2000  # target-class images are excluded from ASR
+    assert result.ca >= ca_min and result.asr >= asr_min, result
+    assert result.n_asr < 2000  # target-class images are excluded from ASR
 
 
 @pytest.mark.parametrize("name,attack_of", [
@@ -60,7 +71,7 @@ def test_clean_twins_ignore_the_triggers(name, attack_of):
     model = clipguard.load_model(f"toy:{name}")
     assert model.card["attack"] is None and model.card["train_seconds"] < 15 * 60
     result = evaluate_toy(model, world, _attack(attack_of), n=2000, seed=1)
-    assert result["ca"] >= ca_min and result["asr"] <= 0.10, result
+    assert result.ca >= ca_min and result.asr <= 0.10, result
 
 
 def _scan_poisoned(name, oracle):
@@ -87,7 +98,7 @@ def test_scan_finds_the_badnet_trigger_and_its_victims(name, oracle):
     t = report.trigger
     assert t.kind == "patch" and t.source == "probe" and t.image.shape[2] == 3 and t.size[0] <= 12
     assert t.box is None  # the bundled BadNet pastes its patch anywhere: so must the confirmation
-    true_asr = evaluate_toy(model, world, model.card["attack"], n=1000, seed=1)["asr"]
+    true_asr = evaluate_toy(model, world, model.card["attack"], n=1000, seed=1).asr
     suspect = next(s for s in report.suspects if s.name == TARGET[world])
     assert abs(suspect.estimated_asr - true_asr) <= 0.10, (suspect.estimated_asr, true_asr)
     assert suspect.random_flip_rate < 0.2 and suspect.evidence == ["probe"]

@@ -377,6 +377,21 @@ def test_truncated_checkpoint(name, keep, ckpts, tmp_path):
     assert not isinstance(ei.value, UnsafeModelError)
 
 
+def test_safetensors_header_that_lies_about_sizes(tmp_path):
+    import struct
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1 << 20, 1 << 20], "data_offsets": [0, 1 << 42]}}).encode()
+    bad = tmp_path / "liar.safetensors"
+    bad.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 64)
+    with pytest.raises(ModelLoadError, match="liar.safetensors") as ei:
+        cm.load_model(f"open_clip:{cm.TOY_ARCH}:{bad}", runtime="torch", device="cpu")
+    assert not isinstance(ei.value, UnsafeModelError)
+    huge = struct.pack("<Q", 1 << 40) + b"{}"  # a header length far beyond the file
+    (tmp_path / "huge.safetensors").write_bytes(huge)
+    with pytest.raises(ModelLoadError, match="huge.safetensors"):
+        cm.load_model(f"open_clip:{cm.TOY_ARCH}:{tmp_path / 'huge.safetensors'}", runtime="torch", device="cpu")
+
+
 def test_garbage_checkpoint(tmp_path):
     bad = tmp_path / "noise.bin"
     bad.write_bytes(np.random.default_rng(0).bytes(4096).replace(b"\x80", b"\x00").replace(b"PK", b"pk"))
@@ -441,12 +456,12 @@ def test_missing_keys_and_nan_weights(toy_module, tmp_path):
         cm.load_model(f"open_clip:{cm.TOY_ARCH}:{tmp_path / 'str.pt'}", runtime="torch", device="cpu")
 
 
-def _tiny_onnx(path: Path, *, domain: str = "", external: str | None = None) -> None:
+def _tiny_onnx(path: Path, *, domain: str = "", external: str | None = None, dims: tuple = (1,)) -> None:
     from onnx import TensorProto, helper
 
     w = helper.make_tensor("w", TensorProto.FLOAT, [1], [1.0])
     if external is not None:
-        w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1])
+        w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=list(dims))
         w.data_location = TensorProto.EXTERNAL
         entry = w.external_data.add()
         entry.key, entry.value = "location", external
@@ -469,6 +484,20 @@ def test_onnx_safety_checks(model_dir, tmp_path):
     _tiny_onnx(sub / "abs.onnx", external=str(tmp_path / "secret.bin"))
     with pytest.raises(UnsafeModelError, match="abs.onnx"):
         safety.check_onnx_file(sub / "abs.onnx")
+    # a link inside the folder that leads out of it
+    (sub / "link.bin").symlink_to(tmp_path / "secret.bin")
+    _tiny_onnx(sub / "link.onnx", external="link.bin")
+    with pytest.raises(UnsafeModelError, match="link.onnx.*outside"):
+        safety.check_onnx_file(sub / "link.onnx")
+    # external data shorter than the tensor it claims to hold, and a giant declared initializer
+    (sub / "short.bin").write_bytes(b"\0" * 2)
+    _tiny_onnx(sub / "short.onnx", external="short.bin")
+    with pytest.raises(ModelLoadError, match="short.onnx.*shorter"):
+        safety.check_onnx_file(sub / "short.onnx")
+    (sub / "w.bin").write_bytes(b"\0" * 4)
+    _tiny_onnx(sub / "giant.onnx", external="w.bin", dims=(1 << 20, 1 << 20, 1 << 10))
+    with pytest.raises(ModelLoadError, match="giant.onnx.*(GiB|shorter)"):
+        safety.check_onnx_file(sub / "giant.onnx")
     _tiny_onnx(sub / "custom.onnx", domain="com.evil.ops")
     with pytest.raises(UnsafeModelError, match="custom.onnx.*com.evil.ops"):
         safety.check_onnx_file(sub / "custom.onnx")
@@ -611,3 +640,24 @@ def test_model_folder_without_onnx_exports_on_first_use(toy_module, tmp_path):
     # float32 storage keeps the weights bit for bit
     w = safetensors_torch.load_file(str(d / "open_clip_model.safetensors"))["token_embedding.weight"]
     assert torch.equal(w, toy_module.state_dict()["token_embedding.weight"])
+
+
+def test_sparse_rows_are_read_back_exactly_and_checked(toy_module, tmp_path):
+    import copy
+
+    module = copy.deepcopy(toy_module)
+    with torch.no_grad():
+        module.token_embedding.weight[300:] = 0  # as training leaves the tokens the vocabulary never uses
+    d = cm.save_model_dir(module, tmp_path / "sparse", {"architecture": cm.TOY_ARCH}, with_onnx=False,
+                          weights_dtype="float32", sparse_rows=True)
+    stored = safetensors_torch.load_file(str(d / "open_clip_model.safetensors"))
+    assert "token_embedding.weight" not in stored and "token_embedding.weight.__rows__" in stored
+    dense = module.state_dict()["token_embedding.weight"]
+    assert stored["token_embedding.weight.__values__"].shape[0] <= 300
+    loaded = cm.load_model(f"dir:{d}", runtime="torch", device="cpu")
+    assert torch.equal(loaded.torch_module.state_dict()["token_embedding.weight"], dense)
+    # A hostile file: an index outside the table is refused, nothing is written out of bounds.
+    stored["token_embedding.weight.__rows__"][0] = dense.shape[0] + 5
+    safetensors_torch.save_file(stored, str(d / "open_clip_model.safetensors"))
+    with pytest.raises(cm.ModelLoadError, match="row indices"):
+        cm.load_model(f"dir:{d}", runtime="torch", device="cpu")

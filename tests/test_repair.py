@@ -74,14 +74,15 @@ def test_repair_removes_the_badnet_backdoor(badnet_scan, tmp_path):
     before = evaluate_toy(model, "shapes", model.card["attack"], n=1000, seed=1)
     result = repair("toy:badnet", fset, RepairConfig(seed=0), progress=False)
     after = evaluate_toy(result.model, "shapes", model.card["attack"], n=1000, seed=1)
-    assert after["asr"] <= 0.02 and after["ca"] >= before["ca"] - 0.01, (before, after)
+    assert after.asr <= 0.02 and after.ca >= before.ca - 0.01, (before, after)
     rec = result.record
-    assert rec["pairs"] == len(fset) <= 320 and rec["steps"] <= 300
-    assert rec["estimated_asr"]["before"] > 0.9 and rec["estimated_asr"]["after"] < 0.3
+    assert rec.pairs == len(fset) <= 320 and rec.steps <= 300
+    assert rec.asr_before > 0.9 and rec.asr_after < 0.3
+    assert rec.to_dict()["estimated_asr"]["after"] == rec.asr_after and len(rec.history) >= 2
     # The input model is untouched; the repaired one is written in the input's format.
     again = evaluate_toy(clipguard.load_model("toy:badnet", runtime="torch", device="cpu"), "shapes",
                          model.card["attack"], n=300, seed=1)
-    assert again["asr"] > 0.9
+    assert again.asr > 0.9
     out = save_repaired(result.model, tmp_path / "fixed")
     loaded = clipguard.load_model(f"dir:{out}")  # ONNX export inside
     assert loaded.card["repair"]["pairs"] == len(fset)

@@ -99,3 +99,27 @@ def test_folder_probe_skips_unreadable_images(tiny_model, tmp_path):
     assert len(probe.images) == 6
     assert {s["input"].split("/")[-1] for s in probe.skipped} == {"broken.png", "text.jpg"}
     np.testing.assert_array_equal(probe.images[0], scenes.images[0])
+
+
+def test_folder_probe_does_not_follow_links_out_and_bounds_the_listing(tiny_model, tmp_path, monkeypatch):
+    from clipguard import probe as probe_mod
+    from clipguard.report import png_bytes
+
+    scenes = toyworld.generate("shapes", 3, seed=0)
+    inside, outside = tmp_path / "probe", tmp_path / "elsewhere"
+    (inside / "sub").mkdir(parents=True)
+    outside.mkdir()
+    for i, img in enumerate(scenes.images):
+        (inside / "sub" / f"{i}.png").write_bytes(png_bytes(img))
+    (outside / "secret.png").write_bytes(png_bytes(scenes.images[0]))
+    (inside / "leak.png").symlink_to(outside / "secret.png")
+    (inside / "alias.png").symlink_to(inside / "sub" / "0.png")  # stays inside: read
+    (inside / "linked-dir").symlink_to(outside, target_is_directory=True)  # not walked
+    model = clipguard.load_model(tiny_model)
+    probe = load_probe(str(inside), model)
+    assert sorted(probe.names) == ["alias.png", "sub/0.png", "sub/1.png", "sub/2.png"]
+    assert [s["reason"] for s in probe.skipped] == ["a symbolic link out of the probe folder (not followed)"]
+    monkeypatch.setattr(probe_mod, "MAX_LISTED", 3)
+    with pytest.raises(ValueError, match="more than 3 entries"):
+        load_probe(str(inside), model)
+    assert len(load_probe(str(inside), model, limit=2).images) == 2

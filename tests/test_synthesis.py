@@ -68,7 +68,7 @@ def test_synthesized_trigger_in_the_report(auto_scans, tmp_path):
     assert t.source == "synthesis" and t.kind == "patch" and t.size[0] <= 12  # the bundled trigger is 6 px
     # toy:badnet learned its patch anywhere: the pattern re-optimized at random places replaces the mask
     assert t.box is None and t.position_dependent is False and "re-optimized" in report.suspects[0].note
-    assert report.suspects[0].estimated_asr >= 0.9
+    assert report.suspects[0].estimated_asr >= 0.85  # on the ~90 confirming held-out images
     data = json.loads(report.to_json(tmp_path / "r.json").read_text())
     assert data["summary"]["mode"] == "auto" and data["trigger"]["source"] == "synthesis"
     assert "mask_png" in data["trigger"] and data["synthesis"]["passes"] == report.timings["synthesis_passes"]
@@ -94,6 +94,7 @@ def test_few_steps_optimize_every_label_together():
     t = s.triggers["patch"]
     assert t.size.shape == (10,) and t.masks.shape == (10, 48, 48) and t.patterns.shape == (10, 48, 48, 3)
     assert ((t.masks >= 0) & (t.masks <= 1)).all() and np.isfinite(t.anomaly).all()
+    assert t.heldout.shape == (10,) and ((t.heldout >= 0) & (t.heldout <= 1)).all()
     assert s.passes == 6 * 10 * 16 and s.images_used == 16
     with pytest.raises(SynthesisUnavailable, match="at least"):
         synthesize(model, images[:5], VOCAB, text, model.logit_scale, _resolve_oracle("classical"),
@@ -104,9 +105,9 @@ def test_few_steps_optimize_every_label_together():
 
 def test_an_onnx_only_model_is_inconclusive_never_clean(tmp_path):
     """No torch weights: the synthesis cannot run, and a clean probe cannot show the backdoor."""
-    from clipguard.models.loading import TOY_DIR
+    from clipguard.models import export_onnx
 
-    spec = f"onnx:{TOY_DIR / 'badnet' / 'onnx'}"
+    spec = f"onnx:{export_onnx(clipguard.load_model('toy:badnet', runtime='torch', device='cpu'), tmp_path / 'onnx')}"
     proc = subprocess.run([sys.executable, "-m", "clipguard", "scan", spec, "--probe", "toy:shapes:120:0",
                            "--vocab", "toy:shapes", "--out", str(tmp_path / "o"), "--quiet"],
                           capture_output=True, text=True, cwd=tmp_path)
@@ -128,4 +129,4 @@ def test_repair_from_a_synthesis_only_scan(auto_scans):
     before = evaluate_toy(model, "shapes", model.card["attack"], n=1000, seed=1)
     result = repair("toy:badnet", fset, RepairConfig(seed=0), progress=False)
     after = evaluate_toy(result.model, "shapes", model.card["attack"], n=1000, seed=1)
-    assert after["asr"] <= 0.05 and after["ca"] >= before["ca"] - 0.01, (before, after)
+    assert after.asr <= 0.05 and after.ca >= before.ca - 0.01, (before, after)

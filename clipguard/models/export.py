@@ -274,9 +274,26 @@ def _resolve_source(model: Any, card: dict[str, Any], arch: str | None) -> tuple
     return module, str(arch), model_cfg, preprocess_cfg
 
 
+SPARSE_ROWS, SPARSE_VALUES = ".__rows__", ".__values__"
+
+
+def _sparse_rows(sd: dict[str, Any]) -> dict[str, Any]:
+    """Tables of at least 1,024 rows, over half of them zero, as (row indices, rows)."""
+    out = {}
+    for k, v in sd.items():
+        if v.dim() == 2 and v.shape[0] >= 1024 and v.is_floating_point():
+            keep = v.abs().sum(dim=1) != 0
+            if int(keep.sum()) * 2 <= v.shape[0]:
+                out[k + SPARSE_ROWS] = keep.nonzero()[:, 0].contiguous()  # int64
+                out[k + SPARSE_VALUES] = v[keep].contiguous()
+                continue
+        out[k] = v
+    return out
+
+
 def save_model_dir(
     model: Any, out_dir: str | Path, card: dict[str, Any] | None = None, *,
-    arch: str | None = None, weights_dtype: str = "float16", with_onnx: bool = True,
+    arch: str | None = None, weights_dtype: str = "float16", with_onnx: bool = True, sparse_rows: bool = False,
 ) -> Path:
     """Write a clipguard model folder for an open_clip model (an ``nn.Module`` made by
     ``open_clip.create_model``, or a torch-runtime ``ClipModel``).
@@ -284,7 +301,10 @@ def save_model_dir(
     ``weights_dtype``: "float16" (default; half the size; tensors float16 cannot hold stay
     float32) or "float32". The ONNX copy is exported from the weights as stored, so the torch and
     ONNX runtimes of the folder agree within 1e-4. ``with_onnx=False`` leaves out ``onnx/``
-    (loading with runtime="onnx" then exports into the cache on first use).
+    (loading with runtime="onnx" then exports into the cache on first use). ``sparse_rows=True``
+    stores a large table that is mostly zero rows (a toy model's token embeddings: its vocabulary
+    uses a few hundred of 49,408 tokens) as its non-zero rows and their indices -- a fraction of
+    the size, read back exactly by clipguard (not by open_clip's own loader).
     """
     torch = require("torch", purpose="saving models")
     st = require("safetensors.torch", purpose="saving models")
@@ -303,6 +323,8 @@ def save_model_dir(
             if bool(torch.isfinite(h).all()) or not bool(torch.isfinite(v).all()):
                 v = h
         sd[k] = v.contiguous().clone()
+    if sparse_rows:
+        sd = _sparse_rows(sd)
     weights = out_dir / "open_clip_model.safetensors"
     tmp = weights.with_name(f".{weights.name}.{uuid.uuid4().hex[:8]}.tmp")
     st.save_file(sd, str(tmp), metadata={"format": "pt", "weights_dtype": weights_dtype})

@@ -269,6 +269,23 @@ def _iter_graph(graph: Any):
                 yield from _iter_graph(g)
 
 
+MAX_ONNX_BYTES = 64 << 30  # more than any CLIP's weights (ViT-bigG-14 in float32 is about 10 GiB)
+
+
+def _tensor_bytes(onnx: Any, tensor: Any, path: Path) -> int:
+    """The bytes a tensor's shape and type declare (refusing negative or absurd dimensions)."""
+    n = 1
+    for d in tensor.dims:
+        if d < 0 or d > 1 << 40:
+            raise ModelLoadError(f"{path}: tensor {tensor.name!r} declares dimension {d}; refused")
+        n *= int(d)
+    try:
+        item = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        item = 8  # an unknown or string type: counted at its widest plain size
+    return n * item
+
+
 def check_onnx_file(path: str | Path, root: str | Path | None = None) -> Any:
     """Parse and check an ONNX file before any runtime sees it; returns the ``onnx.ModelProto``
     (without external data). ``root``: the folder external data must stay in (default: the
@@ -298,6 +315,7 @@ def check_onnx_file(path: str | Path, root: str | Path | None = None) -> Any:
     for f in model.functions:
         for node in f.node:
             nodes_and_tensors.append((node, None))
+    total = 0
     for node, tensor in nodes_and_tensors:
         if node is not None and node.domain not in allowed:
             raise UnsafeModelError(
@@ -322,6 +340,19 @@ def check_onnx_file(path: str | Path, root: str | Path | None = None) -> Any:
                 ) from None
             if not target.is_file():
                 raise ModelLoadError(f"{path}: external data file {loc!r} is missing")
+            need = int(info.get("offset", 0) or 0) + _tensor_bytes(onnx, tensor, path)
+            if int(info.get("length", need) or need) > need or need > target.stat().st_size:
+                raise ModelLoadError(
+                    f"{path}: tensor {tensor.name!r}: its external data {loc!r} is shorter than the tensor "
+                    "or its length disagrees with the tensor's shape; corrupt or hostile, refused"
+                )
+        if tensor is not None:
+            total += _tensor_bytes(onnx, tensor, path)
+            if total > MAX_ONNX_BYTES:
+                raise ModelLoadError(
+                    f"{path}: its tensors declare more than {MAX_ONNX_BYTES >> 30} GiB; refused before "
+                    "anything is allocated"
+                )
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:

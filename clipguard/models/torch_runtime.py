@@ -276,6 +276,32 @@ def folder_arch(cfg: dict[str, Any]) -> str | None:
     return meta.get("arch") if isinstance(meta, dict) else None
 
 
+def _expand_sparse_rows(sd: dict[str, Any], expected: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Tables stored as (row indices, rows) by ``save_model_dir(sparse_rows=True)``, made dense
+    again; indices are checked (a hostile file cannot write outside the table)."""
+    from .export import SPARSE_ROWS, SPARSE_VALUES
+
+    torch = require("torch")
+    out = {k: v for k, v in sd.items() if not k.endswith((SPARSE_ROWS, SPARSE_VALUES))}
+    for k in sd:
+        if not k.endswith(SPARSE_ROWS):
+            continue
+        name = k[: -len(SPARSE_ROWS)]
+        rows, values = sd[k], sd.get(name + SPARSE_VALUES)
+        if name not in expected or values is None or expected[name].dim() != 2:
+            raise ModelLoadError(f"{path}: sparse table {name!r} is not a 2-D table of this model, or has no values")
+        n, d = expected[name].shape
+        if (rows.dtype != torch.int64 or rows.dim() != 1 or tuple(values.shape) != (len(rows), d)
+                or (len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= n))
+                or len(torch.unique(rows)) != len(rows)):
+            raise ModelLoadError(f"{path}: sparse table {name!r}: row indices must be unique int64 in [0, {n}) "
+                                 f"with one {d}-wide row each")
+        dense = torch.zeros(n, d, dtype=values.dtype)
+        dense[rows] = values
+        out[name] = dense
+    return out
+
+
 def load_model_folder_torch(folder: str | Path, *, spec: str, device: str = "auto") -> TorchClipModel:
     """A clipguard model folder (``open_clip_config.json`` + ``open_clip_model.safetensors``)."""
     folder = Path(folder)
@@ -294,6 +320,7 @@ def load_model_folder_torch(folder: str | Path, *, spec: str, device: str = "aut
     arch = folder_arch(cfg) or "custom"
     sd = unwrap_state_dict(load_tensor_file(weights), weights)
     module = _create_open_clip(f"local-dir:{folder}", str(cfg_path))
+    sd = _expand_sparse_rows(sd, module.state_dict(), weights)
     sd = _adapt_open_clip_state_dict(module, sd)
     check_state_dict(module.state_dict(), sd, weights, arch)
     module.load_state_dict(sd, strict=True)
