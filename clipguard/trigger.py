@@ -24,6 +24,7 @@ __all__ = [
     "apply_trigger",
     "confirm",
     "high_pass",
+    "match_global",
     "match_patch",
     "random_patches",
     "reconstruct_patch",
@@ -195,11 +196,14 @@ def match_patch(image: np.ndarray, patch: np.ndarray, box: Box | None = None) ->
     else:
         x0, y0 = max(0, min(box[0] - s, w - s)), max(0, min(box[1] - s, h - s))
         x1, y1 = min(w, max(box[2] + s, x0 + s)), min(h, max(box[3] + s, y0 + s))
-    ref = patch.astype(np.float32)
-    win = np.lib.stride_tricks.sliding_window_view(image[y0:y1, x0:x1].astype(np.float32), (s, s, 3))[:, :, 0]
-    msd = ((win - ref) ** 2).mean(axis=(2, 3, 4))
-    dy, dx = np.unravel_index(int(np.argmin(msd)), msd.shape)
-    score = float(msd[dy, dx] / (ref.var() + 1.0))
+    from .models.base import require
+
+    cv2 = require("cv2", purpose="matching trigger patches")
+    ref = np.ascontiguousarray(patch, np.float32)
+    # Sum of squared differences at every offset (OpenCV's template matching, summed over channels).
+    ssd = cv2.matchTemplate(np.ascontiguousarray(image[y0:y1, x0:x1], np.float32), ref, cv2.TM_SQDIFF)
+    dy, dx = np.unravel_index(int(np.argmin(ssd)), ssd.shape)
+    score = float(max(0.0, float(ssd[dy, dx])) / ref.size / (ref.var() + 1.0))
     return (x0 + int(dx), y0 + int(dy), x0 + int(dx) + s, y0 + int(dy) + s), score
 
 
@@ -218,6 +222,21 @@ def high_pass(images: np.ndarray, k: int = 5) -> np.ndarray:
     """images minus a k x k box blur (float32): the fine texture a blended trigger lives in."""
     x = images.astype(np.float32)
     return x - _box_blur(x, k)
+
+
+def match_global(images: np.ndarray, trigger: Trigger) -> np.ndarray | None:
+    """How strongly each image carries a global trigger: the correlation of the images' fine
+    texture (:func:`high_pass`) with the pattern's, float32 [N] in [-1, 1] (clean images about 0).
+    None when the pattern has little fine texture (a low-frequency pattern such as a sinusoid,
+    which image content would mask in any band): then there is no cheap test."""
+    offset = _fit_global(trigger, images.shape[1:3]).astype(np.float32) - 128.0
+    fine = high_pass(offset[None])[0]
+    centred = offset - offset.mean()
+    if float((fine**2).sum()) < 0.5 * float((centred**2).sum()):
+        return None
+    hp = high_pass(images).reshape(len(images), -1)
+    ref = (fine - fine.mean()).ravel()
+    return (hp @ ref / (np.linalg.norm(hp, axis=1) * np.linalg.norm(ref) + 1e-9)).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------- confirmation
