@@ -2,7 +2,7 @@
 alarm, and a load test of ``clipguard serve`` on loopback.
 
     python benchmarks/bench_guard.py [--parts detection cost online load] [--n 400]
-                                     [--stream 500] [--clean-stream 2000] [--clients 8] [--requests 40]
+                                     [--stream 500] [--clean-stream 2000] [--clients 8] [--requests 200]
 
 *detection*: for toy:badnet and toy:blended, a scan report from a probe of 500 training-like
 scenes (2% triggered, probe analysis), then held-out single-object scenes (test split) with and
@@ -246,7 +246,7 @@ def main() -> None:
     ap.add_argument("--stream", type=int, default=500)
     ap.add_argument("--clean-stream", type=int, default=2000)
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--requests", type=int, default=40, help="requests per client")
+    ap.add_argument("--requests", type=int, default=200, help="requests per client")
     args = ap.parse_args()
     print(f"bench_guard on {machine()}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -351,6 +351,8 @@ class Guard:
                     box, match = match_patch(images[i], trig.image)
                 if match <= self.cfg.victim_match:
                     boxes.append((i, box))
+        if not boxes and not globals_:
+            return results
         p_img = scoring.probabilities(whole.emb, self._text, self._scale)[np.arange(len(images)), whole.label]
         with self._clock("known_trigger"):
             if boxes:
