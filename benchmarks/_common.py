@@ -76,3 +76,13 @@ def cuda_column(fn: Callable[[], object], check: Callable[[object], object], t_r
     t, result = best_of(fn, repeat)
     check(result)
     return f" {t:9.4f} {t_ref / t:6.1f} {t_cpu / t:6.1f}"
+
+
+def vit_b32_checkpoint(path: str | os.PathLike) -> str:
+    """A ViT-B/32 open_clip checkpoint with random weights, saved as safetensors at ``path`` (the
+    size and architecture of the models users scan; no download). Returns its model spec."""
+    from safetensors.torch import save_file
+
+    module = clipguard.models.open_clip_module().create_model("ViT-B-32", pretrained=None)
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
+    return f"open_clip:ViT-B-32:{path}"

@@ -22,19 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-import zlib
 from pathlib import Path
 
 import numpy as np
 from _common import machine
+from service import bomb_png, running_service
 
 import clipguard
 from clipguard import toyworld
@@ -141,12 +138,6 @@ def online(stream: int, clean_stream: int) -> None:
 
 
 # ------------------------------------------------------------------------------ load test
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, body: bytes, ctype: str) -> tuple[int, dict, float]:
     req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": ctype})
     t0 = time.perf_counter()
@@ -158,21 +149,6 @@ def _post(url: str, body: bytes, ctype: str) -> tuple[int, dict, float]:
     return status, json.loads(data), time.perf_counter() - t0
 
 
-def bomb_png(side: int) -> bytes:
-    """A real decompression bomb: a side x side black PNG (a few hundred KB that inflate to
-    side*side*3 bytes)."""
-    import struct
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    z = zlib.compressobj(9)
-    row = b"\0" * (1 + 3 * side)
-    body = b"".join(z.compress(row) for _ in range(side)) + z.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", body) + chunk(b"IEND", b""))
-
-
 def bad_requests() -> list[tuple[str, bytes, str, int]]:
     """(what, body, content type, expected status) of the bad requests a service gets."""
     return [("empty body", b"", "image/png", 400), ("not an image", b"hello, world" * 10, "image/png", 400),
@@ -181,19 +157,7 @@ def bad_requests() -> list[tuple[str, bytes, str, int]]:
 
 
 def load(folder: Path, clients: int, requests: int) -> None:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "clipguard", "serve", "toy:badnet", "--report", str(folder),
-                               "--port", str(port)], stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1).read()
-                break
-            except OSError:
-                if server.poll() is not None:
-                    raise RuntimeError(f"the service exited: {server.stderr.read() if server.stderr else ''}")
-                time.sleep(0.1)
+    with running_service("toy:badnet", "--report", str(folder)) as url:
         model = clipguard.load_model("toy:badnet")
         clean, _, trig, _ = held_out(model, 400, seed=14)
         good = [png_bytes(x) for x in clean[:300]] + [png_bytes(x) for x in trig[:100]]
@@ -219,9 +183,6 @@ def load(folder: Path, clients: int, requests: int) -> None:
             t.join()
         wall = time.perf_counter() - t0
         health = json.loads(urllib.request.urlopen(url + "/health", timeout=10).read())
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     lat = np.array([r[4] for r in records if r[0] == "good"])
     statuses: dict[int, int] = {}
     for r in records:

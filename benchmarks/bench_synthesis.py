@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import machine
+from _common import machine, vit_b32_checkpoint
 
 import clipguard
 from clipguard import toyworld
@@ -43,14 +43,10 @@ def toy_rows(names: list[str]) -> None:
 
 def vit_row(steps: int, device: str) -> None:
     import torch
-    from safetensors.torch import save_file
 
-    oc = clipguard.models.open_clip_module()
-    module = oc.create_model("ViT-B-32", pretrained=None)
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = Path(tmp) / "vit-b-32.safetensors"
-        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(ckpt))
-        model = clipguard.load_model(f"open_clip:ViT-B-32:{ckpt}", runtime="torch", device=device)
+        model = clipguard.load_model(vit_b32_checkpoint(Path(tmp) / "vit-b-32.safetensors"), runtime="torch",
+                                     device=device)
     vocab = toyworld.vocabulary("shapes")
     images = toyworld.generate("shapes", 64, seed=0, size=224).images
     text = model.class_embeddings(vocab)

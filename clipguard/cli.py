@@ -107,6 +107,9 @@ def summary_line(name: str, r: Any) -> str:
     (``r``: a ScanReport)."""
     line = (f"{name}: {r.verdict} (score {r.score:.3f}); affected labels: {', '.join(r.affected_labels) or 'none'}; "
             f"{len(r.victims)} victims in {r.probe_size} probe images; {r.reason}")
+    inputs = r.timings.get("encoded_inputs")
+    if inputs and r.probe_size:
+        line += f"; {inputs / r.probe_size:.1f} encoder inputs per probe image"
     unconfirmed = [s for s in r.suspects if not s.confirmed]
     if unconfirmed:
         line += "; unconfirmed suspects: " + ", ".join(

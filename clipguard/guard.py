@@ -18,8 +18,9 @@ window search where no region explains the label.
 Both feed an *online Algorithm 2*: running per-label counts of triggered inputs against how often
 the model gives each label, with the scan's iterated anomaly index. When a label turns anomalous,
 the guard reconstructs its trigger from the victims it kept and confirms it on clean inputs it
-kept (as the scan does); a confirmed label raises an :class:`Alarm` (``guard.alarms``) and its
-trigger becomes a known one. A backdoor nobody scanned for is thus found from the model's traffic.
+kept (as the scan does); a confirmed label raises an :class:`Alarm` (``guard.alarms``), and with
+``learn=True`` its trigger is matched directly in later requests too. A backdoor nobody scanned
+for is thus found from the model's traffic.
 
 One guard serves many threads: requests go to one worker thread, which batches those that arrive
 within ``max_wait`` seconds (up to ``max_batch`` images) and runs them together. Each image's

@@ -59,6 +59,7 @@ class ScanConfig:
     min_drop: float = 0.5  # occluding the trigger removes at least this share of p(label)
     window_min: float = 0.06  # smallest occlusion window, as a share of the image side
     anomaly: float = 2.0  # anomaly index above which a label is a suspect
+    search_anomaly: float = 1.0  # the window search runs on labels whose unexplained rate has at least this index
     min_victims: int = 2  # fewer verified candidates than this are not evidence
     global_share: float = 0.75  # share of an image's regions carrying the label for a global trigger
     background_prob: float = 0.9  # the background view (all regions occluded) must show the label this surely
@@ -77,7 +78,7 @@ class ScanConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"ScanConfig.{name} must be a number in [0, 1], got {v!r}")
-        for name in ("copy_match", "victim_match", "anomaly"):
+        for name in ("copy_match", "victim_match", "anomaly", "search_anomaly"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not v >= 0.0:
                 raise ValueError(f"ScanConfig.{name} must be a number >= 0, got {v!r}")
@@ -248,6 +249,24 @@ def localize_windows(model: Any, enc: _Encoder, images: np.ndarray, findings: li
             f.candidate, f.verified, f.localized_by, f.trigger_box = int(whole.label[i]), True, "window", small[i]
 
 
+def worth_searching(findings: list[ImageFinding], label: np.ndarray, c: int, cfg: ScanConfig) -> list[int]:
+    """The images the occlusion-window search is worth its cost on (about 50 encoder inputs
+    each): those with a candidate no region explained, of labels where that happens anomalously
+    often (index >= ``search_anomaly``, at least ``min_victims`` images), or that region-verified
+    candidates already point at. Elsewhere an unexplained candidate is the oracle missing a part
+    of an object, spread evenly over the labels, and Algorithm 2 could not single a label out."""
+    from .aggregate import iterated_anomaly
+
+    unexplained = [f for f in findings if f.candidate is not None and not f.verified]
+    totals = np.bincount(label, minlength=c).astype(float)
+    counts = np.bincount([f.label for f in unexplained], minlength=c).astype(float)
+    verified = np.bincount([f.label for f in findings if f.verified], minlength=c)
+    index = iterated_anomaly(counts, totals, cfg.search_anomaly, cfg.min_victims)
+    labels = {lab for lab in range(c) if (counts[lab] >= cfg.min_victims and index[lab] >= cfg.search_anomaly)
+              or verified[lab] >= cfg.min_victims}
+    return [f.index for f in unexplained if f.label in labels]
+
+
 @dataclass
 class ProbeAnalysis:
     """Algorithms 1-2 on the probe set."""
@@ -272,18 +291,19 @@ def probe_analysis(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray,
     clock.bar.update(1)
     findings = verify(model, enc, clock, images, reg, whole, g, text, scale, cfg)
     clock.bar.update(1)
-    searched = [f.index for f in findings if f.candidate is not None and not f.verified]
+    searched = worth_searching(findings, whole.label, text.shape[0], cfg)
     with clock("window_search", tick=True):
         localize_windows(model, enc, images, findings, searched, whole, text, scale, cfg)
     with clock("aggregate"):
         picked, stats = aggregate.select_suspects(findings, whole.label, text.shape[0], cfg)
     # A trigger on (or merged by the oracle with) an object can make a region ground the label:
     # images of a localized suspect label that were not verified, and not searched already, get
-    # the oracle-free search too.
+    # the oracle-free search too -- unless the victims found so far are enough to reconstruct the
+    # patch, whose copies the confirmation then finds in those images without the encoder.
     with clock("window_search"):
         done = set(searched)
         for lab, kind in picked:
-            if kind == "localized":
+            if kind == "localized" and stats["local_counts"][lab] < 2 * cfg.min_victims:
                 todo = [f.index for f in findings if f.label == lab and not f.verified and f.index not in done]
                 localize_windows(model, enc, images, findings, todo, whole, text, scale, cfg)
                 done.update(todo)

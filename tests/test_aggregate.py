@@ -6,7 +6,7 @@ import pytest
 from clipguard import scoring
 from clipguard.aggregate import decide, iterated_anomaly, merge, select_suspects
 from clipguard.findings import ImageFinding, Suspect
-from clipguard.scan import ScanConfig, _Clock, _Encoder, ground, oracle_regions, verify, whole_image_labels
+from clipguard.scan import ScanConfig, _Clock, _Encoder, ground, oracle_regions, verify, whole_image_labels, worth_searching
 from clipguard.synthesis import Synthesis
 from clipguard.trigger import Trigger
 
@@ -79,6 +79,24 @@ def test_select_suspects_picks_the_label_with_anomalous_victims():
     assert stats["local_counts"].tolist() == [0, 1, 0, 8, 1, 0] and stats["local_index"][3] > 2
     cfg = ScanConfig(min_victims=9)  # too few victims to count as evidence
     assert select_suspects(findings, np.array(labels), 6, cfg)[0] == []
+
+
+def test_the_window_search_goes_where_unexplained_candidates_concentrate():
+    labels, findings = [], []
+    for c in range(8):
+        for k in range(20):
+            i = len(findings)
+            labels.append(c)
+            # label 5: 9 unexplained candidates; label 2: 2 region-verified; the rest: one unexplained each
+            unexplained = (c == 5 and k < 9) or (c not in (2, 5) and k == 0)
+            verified = c == 2 and k < 2
+            findings.append(_finding(i, c, verified=verified, candidate=c if unexplained or verified else None))
+    todo = worth_searching(findings, np.array(labels), 8, ScanConfig())
+    assert sorted({findings[i].label for i in todo}) == [5]  # label 2's candidates are verified already
+    assert len(todo) == 9 and all(not findings[i].verified for i in todo)
+    # a label that region-verified candidates point at is searched too
+    findings[2 * 20 + 5].candidate = 2
+    assert {findings[i].label for i in worth_searching(findings, np.array(labels), 8, ScanConfig())} == {2, 5}
 
 
 def test_iterated_anomaly_unmasks_a_second_outlier():

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import socket
 import struct
-import subprocess
-import sys
 import threading
-import time
 import urllib.error
 import urllib.request
-import zlib
 
 import numpy as np
 import pytest
+from service import bomb_png, running_service
 
 import clipguard
 from clipguard import toyworld
@@ -181,16 +177,6 @@ def test_online_algorithm_2_raises_an_alarm_from_traffic(badnet):
 
 
 # ------------------------------------------------------------------------------ image decoding
-def _bomb_png(side: int) -> bytes:
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    z = zlib.compressobj(9)
-    body = b"".join(z.compress(b"\0" * (1 + 3 * side)) for _ in range(side)) + z.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", body) + chunk(b"IEND", b""))
-
-
 def test_decode_image_measures_before_it_decodes():
     import cv2
 
@@ -201,7 +187,7 @@ def test_decode_image_measures_before_it_decodes():
     ok, jpg = cv2.imencode(".jpg", np.zeros((30, 50, 3), np.uint8))
     assert image_header_size(jpg.tobytes()) == ("jpeg", 50, 30)
     assert decode_image(jpg.tobytes(), formats=("png", "jpeg")).shape == (30, 50, 3)
-    bomb = _bomb_png(6000)  # 108 MB when inflated, ~100 KB here
+    bomb = bomb_png(6000)  # 108 MB when inflated, ~100 KB here
     assert len(bomb) < 1_000_000 and image_header_size(bomb) == ("png", 6000, 6000)
     with pytest.raises(ValueError, match="pixel limit"):
         decode_image(bomb, max_pixels=10_000_000)
@@ -214,12 +200,6 @@ def test_decode_image_measures_before_it_decodes():
 
 
 # ------------------------------------------------------------------------------ HTTP service
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _request(url: str, body: bytes | None = None, ctype: str | None = None) -> tuple[int, dict]:
     req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
                                  headers={"Content-Type": ctype} if ctype else {})
@@ -233,24 +213,8 @@ def _request(url: str, body: bytes | None = None, ctype: str | None = None) -> t
 @pytest.fixture(scope="module")
 def service(report_dir):
     pytest.importorskip("uvicorn")
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "clipguard", "serve", "toy:badnet", "--report", str(report_dir),
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1).read()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-                time.sleep(0.1)
+    with running_service("toy:badnet", "--report", str(report_dir)) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def test_service_classifies_and_reports(service, badnet, report_dir, held_out):
@@ -282,7 +246,7 @@ def test_service_refuses_bad_requests_and_keeps_serving(service, held_out):
     cases = [(b"", "image/png", 400, "empty"), (b"plain text, not an image", "image/png", 400, "PNG or JPEG"),
              (png_bytes(clean[0]), "text/plain", 415, "Content-Type"), (png_bytes(clean[0]), None, 415, "Content-Type"),
              (png_bytes(clean[0])[:70], "image/png", 400, "readable"), (header_only, "image/png", 413, "pixel limit"),
-             (_bomb_png(8000), "image/png", 413, "pixel limit")]
+             (bomb_png(8000), "image/png", 413, "pixel limit")]
     for body, ctype, want, words in cases:
         status, answer = _request(service + "/classify", body, ctype)
         assert status == want and words in answer["error"], (want, answer)

@@ -75,6 +75,9 @@ def test_cli_scan_exit_codes(tiny_model, tmp_path):
                 "--quiet", cwd=tmp_path)
     assert proc.returncode == 5 and "inconclusive" in proc.stdout, proc.stderr
     assert (tmp_path / "a" / "report.json").is_file() and (tmp_path / "a" / "report.html").is_file()
+    summary = json.loads((tmp_path / "a" / "report.json").read_text())["summary"]
+    assert f"{summary['encoded_inputs'] / 30:.1f} encoder inputs per probe image" in proc.stdout
+    assert summary["image_size"] == [48, 48]
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = _cli("scan", tiny_model, "--probe", str(empty), "--vocab", "toy:shapes", "--out", str(tmp_path / "b"), cwd=tmp_path)
