@@ -10,6 +10,7 @@ from ._core import ClipguardError, __version__
 from .attacks import Attack, Triggered, parse_attack, poison
 from .evaluate import Evaluation, evaluate, evaluate_toy
 from .findings import ImageFinding, Suspect, Victim
+from .guard import Alarm, Guard, GuardResult
 from .models import (
     ClipModel,
     ModelLoadError,
@@ -57,10 +58,13 @@ __all__ = [
     "scan",
     "scoring",
     "toyworld",
+    "Alarm",
     "Attack",
     "ClipModel",
     "ClipguardError",
     "FinetuneSet",
+    "Guard",
+    "GuardResult",
     "ImageFinding",
     "ModelLoadError",
     "Probe",
