@@ -296,9 +296,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import run
 
     model = load_model(args.model, device=args.device)
-    vocab = args.vocab or ("toy:" + model.card["world"] if (getattr(model, "card", None) or {}).get("world") else None)
-    if vocab is None:
-        raise ValueError("--vocab is required for a model without a toy world")
+    vocab = args.vocab or _default_vocab(args, model)
     with Guard(model, load_vocab(vocab), oracle=args.oracle, report=args.report, max_batch=args.max_batch) as guard:
         known = ", ".join(guard.names[c] for c in guard.known) or "none"
         print(f"clipguard serve: {args.model} on http://{args.host}:{args.port} (mode {guard.mode}; known triggers: "
@@ -308,12 +306,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _default_vocab(args: argparse.Namespace, model: object) -> str:
-    if args.probe.startswith("toy:"):
-        return "toy:" + args.probe.split(":")[1]
+    """Without --vocab: a toy probe's world, else a toy model's own world."""
+    probe = getattr(args, "probe", None) or ""
+    if probe.startswith("toy:"):
+        return "toy:" + probe.split(":")[1]
     world = (getattr(model, "card", None) or {}).get("world")
     if world:
         return f"toy:{world}"
-    raise ValueError("--vocab is required for a folder probe and a model without a toy world")
+    raise ValueError("--vocab is required for a folder probe or a model without a toy world")
 
 
 def build_parser() -> argparse.ArgumentParser:

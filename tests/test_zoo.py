@@ -118,7 +118,8 @@ def test_zoo_killed_and_resumed(zoo_dir, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     first = _lines(results)
-    assert 1 <= len(first) <= 4
+    # killed part-way: by the signal, with at least one model done and at least one left
+    assert proc.returncode == -signal.SIGKILL and 1 <= len(first) < 4, (proc.returncode, len(first))
     with results.open("a") as f:
         f.write('{"spec": "dir:cut-by-the-kill", "na')  # a half-written line
     # Resumed: only what is missing is scanned; the cut line is redone.
