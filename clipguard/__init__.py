@@ -4,6 +4,13 @@
 imported by the modules that use them, when they are used.
 """
 
+import pkgutil
+
+# Run from a source checkout next to a non-editable install (`python -m clipguard` there, or a Ray
+# worker started in it), this folder shadows the installed package but lacks the compiled `_core`:
+# let the package's submodules also be found in the installed copy.
+__path__ = pkgutil.extend_path(__path__, __name__)
+
 from . import attacks, oracle, probe, regions, scoring, toyworld
 from ._backend import HAS_CUDA, available_backends, build_info
 from ._core import ClipguardError, __version__
