@@ -54,6 +54,9 @@ ZOO: dict[str, tuple[str | None, float, int, dict[str, Any]]] = {
     "blended-triangle-a15": ("blended:target=triangle,alpha=0.15,pattern_seed=2", 0.05, 10, {}),
     "sig-heart": ("sig:target=heart", 0.05, 11, {}),
     "sig-square-a40": ("sig:target=square,amplitude=40", 0.05, 12, {}),
+    # periods and amplitudes off the synthesis' sweep grid (SWEEP_PERIODS), never used to tune it
+    "sig-f5-star-a30": ("sig:target=star,frequency=5,amplitude=30", 0.05, 17, {}),
+    "sig-f10-cross": ("sig:target=cross,frequency=10", 0.05, 18, {}),
     "wanet-arrow": ("wanet:target=arrow", 0.1, 13, {}),
     "wanet-circle-k8": ("wanet:target=circle,k=8", 0.1, 14, {}),
     "lc-star": ("lc:target=star,size=6", 0.1, 15, {}),
@@ -105,7 +108,7 @@ def tpr_at_fpr(pos: list[float], neg: list[float], fpr: float = 0.05) -> float:
 def _heldout(report: Any) -> float | None:
     """The synthesis' continuous evidence: the highest held-out flip rate of any label's
     synthesized trigger (None without a synthesis)."""
-    values = [row[k] for row in report.labels for k in ("patch_heldout", "global_heldout") if k in row]
+    values = [row[k] for row in report.labels for k in ("patch_heldout", "global_heldout", "sinusoid_heldout") if k in row]
     return max(values) if values else None
 
 

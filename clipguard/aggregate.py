@@ -264,6 +264,8 @@ def decide(suspects: list[Suspect], *, probe_size: int, mode: str, synthesis: Sy
     suspect failed its confirmation, or when the scan could not have seen a backdoor (a probe
     too small for poisoned samples to show, a synthesis that did not run); else ``clean``."""
     score = max((s.score for s in suspects if s.score is not None), default=0.0)
+    if synthesis is not None:  # below the verdict, the synthesis' screen ranks models (at most 0.49)
+        score = max(score, 0.49 * min(1.0, synthesis.screen_strength()))
     confirmed = [s for s in suspects if s.confirmed]
     if confirmed:
         s = confirmed[0]

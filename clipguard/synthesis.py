@@ -42,7 +42,14 @@ class SynthesisUnavailable(RuntimeError):
     """The synthesis cannot run for this model (no torch weights, torch missing, too few images)."""
 
 
-MIN_HELD_OUT = 40  # held-out images: half screen every label's trigger, half confirm the suspects
+KINDS = ("patch", "global", "sinusoid")  # the first two optimized, the last swept
+MIN_HELD_OUT = 40
+# SIG's family, swept: sinusoids across the width or down the height, at these periods across the
+# image, two phases and two amplitudes (grey levels). An attacker picks a frequency and an
+# amplitude; a backdoor learned at one fires at its neighbours too (measured on the toy zoo).
+SWEEP_PERIODS = (1, 2, 3, 4, 6, 8, 12)
+SWEEP_AMPLITUDES = (30.0, 60.0)
+SWEEP_IMAGES = 50  # held-out images: half screen every label's trigger, half confirm the suspects
 
 
 @dataclass
@@ -61,8 +68,9 @@ class SynthesisConfig:
     adapt_every: int = 5
     anomaly: float = 2.0  # MAD index of the log size, low side, above which a label is a suspect ...
     generalize: float = 0.5  # ... or the held-out flip rate of its trigger, whatever its size
+    sweep_share: float = 0.8  # a swept sinusoid must send this share of held-out images to its label
     min_images: int = 16  # fewer probe images: the synthesis does not run at all
-    kinds: tuple[str, ...] = ("patch", "global")
+    kinds: tuple[str, ...] = KINDS
     refine_steps: int = 100  # a patch suspect's pattern re-optimized at random places (0: off)
     oracle_check: bool = True
     seed: int = 0
@@ -80,8 +88,8 @@ class SynthesisConfig:
         if self.device != "cpu":
             raise ValueError(f"SynthesisConfig.device: the synthesis runs on the CPU in this version, got {self.device!r}")
         self.kinds = tuple(self.kinds)
-        if not self.kinds or any(k not in ("patch", "global") for k in self.kinds):
-            raise ValueError(f"SynthesisConfig.kinds must name 'patch' and/or 'global', got {self.kinds!r}")
+        if not self.kinds or any(k not in KINDS for k in self.kinds):
+            raise ValueError(f"SynthesisConfig.kinds must name some of {KINDS}, got {self.kinds!r}")
 
 
 @dataclass
@@ -89,13 +97,13 @@ class LabelTriggers:
     """Per label, the smallest trigger of one kind the optimization found."""
 
     kind: str
-    size: np.ndarray  # [C]: mask area share (patch) or offset RMS in 0-255 units (global)
+    size: np.ndarray  # [C]: mask area share (patch) or offset RMS in 0-255 units (global, sinusoid)
     flip: np.ndarray  # [C]: flip rate of the kept trigger on the optimization images
     reached: np.ndarray  # [C] bool: the flip rate reached the target
     anomaly: np.ndarray  # [C]: MAD index of log(size), low side
     heldout: np.ndarray  # [C]: flip rate of the trigger on held-out images (screening half)
     masks: np.ndarray | None  # [C,S,S] float32 (patch)
-    patterns: np.ndarray  # [C,S,S,3] float32 in [0,1] (patch) or offsets in [-1,1] (global)
+    patterns: np.ndarray  # [C,S,S,3] float32 in [0,1] (patch) or offsets in [-1,1] (global, sinusoid)
 
 
 @dataclass
@@ -116,10 +124,16 @@ class Synthesis:
     had_power: bool = True
     power_note: str = ""
 
+    def screen_strength(self) -> float:
+        """How near the strongest label came to being a suspect by its held-out flip rate: that
+        rate over its kind's threshold (1 at the threshold). Ranks models below the verdict."""
+        return max((float(t.heldout.max()) / _generalize(kind, self.config) for kind, t in self.triggers.items()),
+                   default=0.0)
+
     def label_row(self, c: int) -> dict[str, Any]:
         row: dict[str, Any] = {}
         for kind, t in self.triggers.items():
-            key = "patch_area" if kind == "patch" else "global_rms"
+            key = "patch_area" if kind == "patch" else f"{kind}_rms"
             row[key] = float(t.size[c])
             row[f"{kind}_flip"] = float(t.flip[c])
             row[f"{kind}_anomaly"] = float(t.anomaly[c])
@@ -131,6 +145,11 @@ class Synthesis:
                 "seconds": round(self.seconds, 2), "had_power": self.had_power, "note": self.power_note,
                 "kinds": list(self.triggers), "config": asdict(self.config),
                 "suspects": [s.name for s in self.suspects]}
+
+
+def _generalize(kind: str, cfg: SynthesisConfig) -> float:
+    """The held-out flip rate that makes a label's trigger of ``kind`` a suspect."""
+    return cfg.sweep_share if kind == "sinusoid" else cfg.generalize
 
 
 def _mad_low(values: np.ndarray) -> np.ndarray:
@@ -346,6 +365,40 @@ def _screen(triggers: dict[str, LabelTriggers], images: np.ndarray, labels_all: 
                 np.bincount(own, minlength=len(names)), 1)
 
 
+def _wave(shape: tuple[int, int], axis: int, periods: float, phase: float, amplitude: float) -> np.ndarray:
+    """A sinusoid along ``axis`` (1: across the width, as SIG) as a global trigger's image."""
+    n = shape[axis]
+    wave = amplitude * np.sin(2 * np.pi * periods * np.arange(n) / n + phase)
+    offset = np.broadcast_to(wave[None, :] if axis == 1 else wave[:, None], shape)
+    return np.repeat(np.clip(np.round(offset) + 128, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def _sweep(images: np.ndarray, labels_all: np.ndarray, screen_idx: np.ndarray, names: list[str],
+           classify: Callable[[np.ndarray], np.ndarray], rng: np.random.Generator) -> LabelTriggers:
+    """SIG's family swept over held-out images. A sinusoid backdoor is not a *small* change (SIG
+    adds 20-60 grey levels), so the optimization, which finds each label's smallest trigger, finds
+    a clean label's adversarial offset first. Swept instead, the backdoor's wave sends nearly every
+    image to its target, while a clean model's response to stripes stays partial (at most 55% on
+    the toy zoo's tuning half). Per label: the wave sending the largest share of the other labels'
+    images to it (``heldout``)."""
+    idx = screen_idx[:SWEEP_IMAGES]
+    imgs, own = images[idx], labels_all[idx]
+    c = len(names)
+    waves = [(axis, f, ph, a) for a in SWEEP_AMPLITUDES for axis in (1, 0) for f in SWEEP_PERIODS for ph in (0.0, np.pi / 2)]
+    offsets = [_wave(imgs.shape[1:3], *w) for w in waves]
+    others = own[None, :] != np.arange(c)[:, None]  # [C,K]: images that count for each label
+    share = np.zeros((len(waves), c))
+    for i, off in enumerate(offsets):
+        lab = classify(apply_trigger(imgs, Trigger(kind="global", image=off, source="synthesis"), rng))
+        share[i] = ((lab[None, :] == np.arange(c)[:, None]) & others).sum(1) / np.maximum(others.sum(1), 1)
+    best = share.argmax(axis=0)  # the first best: the smaller amplitude
+    heldout = share[best, np.arange(c)]
+    return LabelTriggers(
+        kind="sinusoid", size=np.array([waves[b][3] / np.sqrt(2) for b in best]), flip=heldout, reached=heldout > 0,
+        anomaly=np.zeros(c), heldout=heldout, masks=None,
+        patterns=np.stack([(offsets[b].astype(np.float32) - 128) / 255 for b in best]))
+
+
 def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labels_all: np.ndarray,
                     hold_idx: np.ndarray, names: list[str], enc: _Encoder, text: np.ndarray, scale: float,
                     oracle: Callable, rng: np.random.Generator, scan_cfg: ScanConfig,
@@ -359,12 +412,14 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
     hw = images.shape[1:3]
     screen_idx, confirm_idx = hold_idx[::2], hold_idx[1::2]
     _screen(triggers, images, labels_all, screen_idx, names, classify, rng)
+    if "sinusoid" in cfg.kinds:
+        triggers["sinusoid"] = _sweep(images, labels_all, screen_idx, names, classify, rng)
     hold_idx = confirm_idx
     suspects: list[Suspect] = []
     for kind, t in triggers.items():
         for lab in np.argsort(-t.heldout):
             lab = int(lab)
-            if not t.reached[lab] or (t.anomaly[lab] <= cfg.anomaly and t.heldout[lab] < cfg.generalize):
+            if not t.reached[lab] or (t.anomaly[lab] <= cfg.anomaly and t.heldout[lab] < _generalize(kind, cfg)):
                 continue
             trig = _label_trigger(kind, t, lab, names[lab], hw)
             held = hold_idx[labels_all[hold_idx] != lab]
@@ -377,6 +432,11 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
                 continue
             if kind == "patch":
                 control = random_patches(images[held], images, trig.size[0], rng, at=trig.box)  # type: ignore[index]
+            elif kind == "sinusoid":
+                # The same wave turned 90 degrees: a backdoor learned on one orientation ignores
+                # it; a clean model's response to stripes (they look like a ring) does not.
+                turned = Trigger(kind="global", image=np.ascontiguousarray(np.rot90(trig.image)), source="synthesis")
+                control = apply_trigger(images[held], turned, rng)
             else:
                 shuffled = np.roll(trig.image.reshape(-1, 3), rng.integers(1, trig.image.size // 3), axis=0)
                 perm = Trigger(kind="global", image=rng.permutation(shuffled).reshape(trig.image.shape), source="synthesis")
@@ -481,7 +541,7 @@ def synthesize(model: Any, images: np.ndarray, vocab: Any, text: np.ndarray, sca
     triggers: dict[str, LabelTriggers] = {}
     passes = 0
     try:
-        for kind in cfg.kinds:
+        for kind in (k for k in cfg.kinds if k != "sinusoid"):
             t, n = _optimize(torch, tm, pix01, own, text_t, scale, kind, cfg, gen)
             triggers[kind], passes = t, passes + n
         suspects = _check_suspects(triggers, images, labels_all, hold_idx, names, enc, text, scale, oracle, rng,

@@ -14,7 +14,7 @@ from clipguard.evaluate import evaluate_toy
 from clipguard.probe import load_probe
 from clipguard.repair import RepairConfig, build_finetune_set, repair
 from clipguard.scan import _Encoder, _resolve_oracle
-from clipguard.synthesis import SynthesisConfig, SynthesisUnavailable, synthesize
+from clipguard.synthesis import LabelTriggers, Synthesis, SynthesisConfig, SynthesisUnavailable, _sweep, _wave, synthesize
 
 VOCAB = toyworld.vocabulary("shapes")
 CLEAN_PROBE = "toy:shapes:300:0"  # no image carries a trigger
@@ -72,7 +72,7 @@ def test_synthesized_trigger_in_the_report(auto_scans, tmp_path):
     data = json.loads(report.to_json(tmp_path / "r.json").read_text())
     assert data["summary"]["mode"] == "auto" and data["trigger"]["source"] == "synthesis"
     assert "mask_png" in data["trigger"] and data["synthesis"]["passes"] == report.timings["synthesis_passes"]
-    assert all("patch_area" in r and "global_rms" in r for r in data["labels"])
+    assert all("patch_area" in r and "global_rms" in r and "sinusoid_heldout" in r for r in data["labels"])
     back = clipguard.ScanReport.from_json(tmp_path / "r.json")
     assert back.trigger.box == t.box and np.array_equal(back.trigger.image, t.image)
     assert back.suspects[0].name == "star" and back.suspects[0].confirmed
@@ -101,6 +101,34 @@ def test_few_steps_optimize_every_label_together():
                    _Encoder(model, 256), clipguard.ScanConfig(), cfg)
     with pytest.raises(ValueError, match="kinds"):
         SynthesisConfig(kinds=("warp",))
+
+
+def _sig_backdoor(images):
+    """A stand-in model with a SIG backdoor: label 2 when the image carries a horizontal sinusoid
+    of 5-8 periods across it (stripes down the height do nothing), else the image's own label 0/1."""
+    x = images.astype(np.float32).mean(axis=(1, 3))  # [N,W]: the column profile
+    spectrum = np.abs(np.fft.rfft(x - x.mean(axis=1, keepdims=True), axis=1))
+    fires = spectrum[:, 5:9].max(axis=1) > 15 * x.shape[1] / 2
+    return np.where(fires, 2, np.arange(len(images)) % 2)
+
+
+def test_the_sinusoid_sweep_finds_a_sig_backdoor_that_is_not_small():
+    rng = np.random.default_rng(0)
+    images = rng.integers(60, 200, (60, 32, 32, 3), dtype=np.uint8)
+    names = ["a", "b", "target", "d"]
+    own = np.arange(60) % 2
+    t = _sweep(images, own, np.arange(60), names, _sig_backdoor, rng)
+    assert t.heldout[2] == 1.0 and t.heldout[[0, 1, 3]].max() <= 0.5, t.heldout  # a, b: their own images only
+    stamped = np.clip(images.astype(np.int16) + (t.patterns[2] * 255).round().astype(np.int16), 0, 255)
+    assert (_sig_backdoor(stamped.astype(np.uint8)) == 2).all()
+    turned = np.ascontiguousarray(np.rot90(_wave((32, 32), 1, 6, 0.0, 60.0))).astype(np.int16) - 128
+    assert not (_sig_backdoor(np.clip(images + turned, 0, 255).astype(np.uint8)) == 2).any()  # the control
+    cfg = SynthesisConfig()
+    s = Synthesis(triggers={"sinusoid": t}, suspects=[], names=names, images_used=12, holdout_used=60, passes=0,
+                  seconds=0.0, config=cfg)
+    assert s.screen_strength() == pytest.approx(1.0 / cfg.sweep_share)
+    assert s.label_row(2)["sinusoid_heldout"] == 1.0 and s.label_row(2)["sinusoid_rms"] > 20  # 30 or 60 grey levels
+    assert isinstance(t, LabelTriggers) and t.kind == "sinusoid"
 
 
 def test_an_onnx_only_model_is_inconclusive_never_clean(tmp_path):
