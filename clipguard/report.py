@@ -10,7 +10,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -251,13 +251,10 @@ affected labels: <b>{e(', '.join(self.affected_labels) or 'none')}</b> &nbsp;·&
                 [(r["label"], max(0.0, *(r[k] for k in streams)),
                   f"{r['verified_candidates']} verified / {r['predicted']} predicted") for r in self.labels],
                 set(self.affected_labels)))
-        if self.labels and "patch_area" in self.labels[0]:
-            parts.append("<h2>Synthesis: the smallest patch (share of the image) each label needs</h2>" + _bar_chart(
-                [(r["label"], r["patch_area"], f"{100 * r['patch_area']:.1f}% of the image, flips {100 * r['patch_flip']:.0f}%"
-                  f", anomaly {r['patch_anomaly']:.1f}") for r in self.labels], set(self.affected_labels)))
-            parts.append("<h2>Synthesis: the smallest global pattern (RMS, 0-255) each label needs</h2>" + _bar_chart(
-                [(r["label"], r["global_rms"], f"RMS {r['global_rms']:.1f}, flips {100 * r['global_flip']:.0f}%"
-                  f", anomaly {r['global_anomaly']:.1f}") for r in self.labels], set(self.affected_labels)))
+        for key, title, note in _SYNTHESIS_CHARTS:  # the kinds the synthesis ran
+            if self.labels and key in self.labels[0]:
+                parts.append(f"<h2>Synthesis: {title}</h2>" + _bar_chart(
+                    [(r["label"], r[key], note(r)) for r in self.labels], set(self.affected_labels)))
         if self.suspects:
             parts.append("<h2>Suspect labels</h2><table><tr><th>label</th><th>kind</th><th>evidence</th><th>anomaly</th>"
                          "<th>victims</th><th>estimated ASR</th><th>control</th><th>confirmed</th><th>note</th></tr>")
@@ -276,6 +273,18 @@ affected labels: <b>{e(', '.join(self.affected_labels) or 'none')}</b> &nbsp;·&
                 f"<li>{e(json.dumps(s))}</li>" for s in self.skipped) + "".join(f"<li>{e(x)}</li>" for x in self.errors) + "</ul>")
         parts.append("</body></html>")
         return "\n".join(parts)
+
+
+# Per synthesized kind: the label-table key charted, the chart's title, each bar's note.
+_SYNTHESIS_CHARTS: tuple[tuple[str, str, Callable[[dict[str, Any]], str]], ...] = (
+    ("patch_area", "the smallest patch (share of the image) each label needs",
+     lambda r: f"{100 * r['patch_area']:.1f}% of the image, flips {100 * r['patch_flip']:.0f}%, "
+               f"anomaly {r['patch_anomaly']:.1f}"),
+    ("global_rms", "the smallest global pattern (RMS, 0-255) each label needs",
+     lambda r: f"RMS {r['global_rms']:.1f}, flips {100 * r['global_flip']:.0f}%, anomaly {r['global_anomaly']:.1f}"),
+    ("sinusoid_heldout", "the share of held-out images the best swept sinusoid sends to each label",
+     lambda r: f"{100 * r['sinusoid_heldout']:.0f}% (RMS {r['sinusoid_rms']:.0f})"),
+)
 
 
 def _bar_chart(rows: list[tuple[str, float, str]], hot: set[str]) -> str:

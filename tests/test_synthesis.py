@@ -77,10 +77,10 @@ def test_synthesized_trigger_in_the_report(auto_scans, tmp_path):
     assert back.trigger.box == t.box and np.array_equal(back.trigger.image, t.image)
     assert back.suspects[0].name == "star" and back.suspects[0].confirmed
     page = report.to_html(tmp_path / "r.html").read_text()
-    assert "Synthesis: the smallest patch" in page and "synthesis" in page
+    assert "Synthesis: the smallest patch" in page and "swept sinusoid" in page
 
 
-def test_few_steps_optimize_every_label_together():
+def test_few_steps_optimize_every_label_together(tmp_path):
     model = clipguard.load_model("toy:badnet")
     images = load_probe("toy:shapes:64:0", model, seed=3).images
     text = model.class_embeddings(VOCAB)
@@ -89,6 +89,8 @@ def test_few_steps_optimize_every_label_together():
     report = clipguard.scan(model, images, VOCAB, "classical", mode="synthesize", synthesis=cfg)
     assert report.mode == "synthesize" and len(report.findings) == 64 and report.synthesis["passes"] == 6 * 10 * 16
     assert all(f.regions == 0 and 0 < f.prob <= 1 for f in report.findings)
+    page = report.to_html(tmp_path / "r.html").read_text()  # the charts of the kinds that ran, no other
+    assert "smallest patch" in page and "global pattern" not in page and "sinusoid" not in page
     s = synthesize(model, images, VOCAB, text, model.logit_scale, _resolve_oracle("classical"),
                    _Encoder(model, 256), clipguard.ScanConfig(), cfg)
     t = s.triggers["patch"]
