@@ -2,6 +2,7 @@
 encoder's share and its arithmetic rate against the machine's.
 
     python benchmarks/bench_scale.py [--vit-images 100] [--toy-images 500] [--skip-vit] [--skip-toy]
+                                     [--precisions fp32 int8]
 
 *Bundled models*: a probe analysis (mode ``probe``) of each bundled toy model on 500 scenes of its
 world, 2% triggered: encoder inputs per probe image by stage, verdict and seconds.
@@ -10,7 +11,10 @@ loaded through ``open_clip:ViT-B-32:PATH`` (its ONNX export cached by a first lo
 timed), scanned (mode ``probe``) on N shapes scenes rendered at 224 px with the shapes
 vocabulary: inputs per image, seconds, the share of the scan spent in the encoder, and the
 encoder's GFLOP/s (8.8 GFLOP = 4.4 G multiply-adds per 224 px ViT-B/32 image, counted from its shapes) against
-the machine's fp32 matrix-multiply rate measured in the same run (torch, all threads).
+the machine's fp32 matrix-multiply rate measured in the same run (torch, all threads). Each
+precision (``fp32``; ``int8``: the image encoder quantized by ONNX Runtime) is scanned, and the
+int8 encoder's top-1 labels are compared with fp32's on the same inputs (random weights) and on
+the bundled toy models (trained weights).
 """
 
 from __future__ import annotations
@@ -107,36 +111,65 @@ def toy_rows(n: int) -> None:
         print(f"| `toy:{name}` | {report.verdict} | {total / n:.2f} | {stages} | {seconds:.1f} |", flush=True)
 
 
-def vit_row(n: int) -> None:
+def vit_rows(n: int, precisions: list[str]) -> None:
+    """The ViT-B/32 scan at each precision; the int8 encoder's agreement with fp32 on the same
+    inputs (whole-image and isolated-region top-1 labels, embedding cosine)."""
     peak = matmul_gflops()
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = vit_b32_checkpoint(Path(tmp) / "vit-b-32.safetensors")
-        t0 = time.perf_counter()
-        clipguard.load_model(spec)  # the first load exports ONNX into the cache
-        export = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        model = clipguard.load_model(spec)
-        load = time.perf_counter() - t0
     vocab = toyworld.vocabulary("shapes")
     images = toyworld.generate("shapes", n, seed=0, size=224).images
-    t0 = time.perf_counter()
-    model.encode_images(images)
-    once = time.perf_counter() - t0
-    with counting() as counts:
-        t0 = time.perf_counter()
-        report = clipguard.scan(model, images, vocab, "classical", mode="probe")
-        seconds = time.perf_counter() - t0
-    inputs = report.timings["encoded_inputs"]
-    enc = report.timings["encode_seconds"]
-    rate = inputs * VIT_GFLOP / enc
-    print(f"\nViT-B/32 (224 px, random weights, ONNX Runtime CPU) on {machine()}:")
-    print(f"- first load with ONNX export {export:.0f} s, cached load {load:.1f} s")
-    print(f"- encoding the {n} images once: {once:.1f} s ({n / once:.1f} images/s)")
-    print(f"- scan of {n} images: {seconds:.1f} s, {inputs / n:.2f} encoder inputs per image "
-          f"({', '.join(f'{k} {v / n:.2f}' for k, v in counts.items())}), {seconds / once:.1f}x encoding them once")
-    print(f"- encoder {enc:.1f} s = {100 * enc / seconds:.0f}% of the scan, {rate:.0f} GFLOP/s against a "
-          f"measured fp32 matmul rate of {peak:.0f} GFLOP/s ({100 * rate / peak:.0f}%)")
-    print(f"- a 500-image scan at this rate: about {500 / n * seconds / 60:.1f} min")
+    print(f"\nViT-B/32 (224 px, random weights, ONNX Runtime CPU) on {machine()}; "
+          f"measured fp32 matmul rate {peak:.0f} GFLOP/s")
+    runs: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = vit_b32_checkpoint(Path(tmp) / "vit-b-32.safetensors")
+        for precision in precisions:
+            t0 = time.perf_counter()
+            clipguard.load_model(spec, precision=precision)  # the first load exports (and quantizes) into the cache
+            first = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            model = clipguard.load_model(spec, precision=precision)
+            load = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            emb = model.encode_images(images)
+            once = time.perf_counter() - t0
+            with counting() as counts:
+                t0 = time.perf_counter()
+                report = clipguard.scan(model, images, vocab, "classical", mode="probe")
+                seconds = time.perf_counter() - t0
+            inputs = report.timings["encoded_inputs"]
+            enc = report.timings["encode_seconds"]
+            rate = inputs * VIT_GFLOP / enc  # fp32-equivalent work per second
+            runs[precision] = (emb, report)
+            text = model.class_embeddings(vocab)
+            print(f"\n**{precision}**: first load (export{', quantization' if precision != 'fp32' else ''}) {first:.0f} s, "
+                  f"cached load {load:.1f} s; encoding the {n} images once {once:.1f} s ({n / once:.1f} images/s)")
+            print(f"- scan of {n} images: {seconds:.1f} s, {inputs / n:.2f} encoder inputs per image "
+                  f"({', '.join(f'{k} {v / n:.2f}' for k, v in counts.items())}), {seconds / once:.1f}x encoding them once")
+            print(f"- encoder {enc:.1f} s = {100 * enc / seconds:.0f}% of the scan, {rate:.0f} GFLOP/s "
+                  f"({100 * rate / peak:.0f}% of the fp32 matmul rate); verdict {report.verdict}")
+            print(f"- a 500-image scan at this rate: about {500 / n * seconds / 60:.1f} min")
+    if "fp32" in runs and "int8" in runs:
+        (e32, r32), (e8, r8) = runs["fp32"], runs["int8"]
+        whole = float(((e32 @ text.T).argmax(1) == (e8 @ text.T).argmax(1)).mean())
+        cos = (e32 * e8).sum(1) / np.linalg.norm(e32, axis=1) / np.linalg.norm(e8, axis=1)
+        regions = [(a, b) for f, g in zip(r32.findings, r8.findings) for a, b in zip(f.region_labels, g.region_labels)]
+        same_regions = float(np.mean([a == b for a, b in regions])) if regions else float("nan")
+        print(f"\nint8 against fp32 on the same inputs: whole-image top-1 labels agree on {100 * whole:.1f}% of {n}, "
+              f"isolated-region top-1 labels on {100 * same_regions:.1f}% of {len(regions)}; embedding cosine "
+              f"min {cos.min():.5f}; verdicts {r32.verdict} / {r8.verdict}")
+
+
+def int8_agreement(n: int) -> None:
+    """int8 against fp32 on trained models: the bundled toy models' top-1 labels on n scenes."""
+    print("\n| model | int8 top-1 = fp32 top-1 | scenes |")
+    print("| --- | --- | --- |")
+    for name in clipguard.available_toy_models():
+        a, b = clipguard.load_model(f"toy:{name}"), clipguard.load_model(f"toy:{name}", precision="int8")
+        world = a.card["world"]
+        text = a.class_embeddings(toyworld.vocabulary(world))
+        imgs = load_probe(f"toy:{world}:{n}:0.02", a, seed=0).images
+        same = float(((a.encode_images(imgs) @ text.T).argmax(1) == (b.encode_images(imgs) @ text.T).argmax(1)).mean())
+        print(f"| `toy:{name}` | {100 * same:.1f}% | {n} |", flush=True)
 
 
 def main() -> None:
@@ -145,12 +178,15 @@ def main() -> None:
     ap.add_argument("--toy-images", type=int, default=500)
     ap.add_argument("--skip-vit", action="store_true")
     ap.add_argument("--skip-toy", action="store_true")
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
     args = ap.parse_args()
     print(f"bench_scale on {machine()}")
     if not args.skip_toy:
         toy_rows(args.toy_images)
+        if "int8" in args.precisions:
+            int8_agreement(args.toy_images)
     if not args.skip_vit:
-        vit_row(args.vit_images)
+        vit_rows(args.vit_images, args.precisions)
 
 
 if __name__ == "__main__":

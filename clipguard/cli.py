@@ -80,7 +80,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     from .scan import ScanConfig, scan
 
     try:
-        model = load_model(args.model, runtime=args.runtime, device=args.device)
+        model = load_model(args.model, runtime=args.runtime, device=args.device, precision=args.precision)
     except ModelLoadError as exc:
         print(f"clipguard scan: cannot load {args.model}: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -378,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--limit", type=int, help="scan at most this many folder images")
     sc.add_argument("--runtime", choices=["onnx", "torch"], default="onnx")
     sc.add_argument("--device", default="auto")
+    sc.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                    help="int8: the ONNX image encoder quantized (CPU only, about 2x faster at ViT-B/32 size)")
     sc.add_argument("--out", required=True, help="folder for report.json and report.html")
     sc.add_argument("--quiet", action="store_true")
     sc.set_defaults(func=_cmd_scan)

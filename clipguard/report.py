@@ -109,6 +109,7 @@ class ScanReport:
     def model_info(model: Any) -> dict[str, Any]:
         card = getattr(model, "card", {}) or {}
         return {"spec": getattr(model, "spec", None), "runtime": getattr(model, "runtime", None),
+                "precision": getattr(model, "precision", "fp32"),
                 "card": {k: card.get(k) for k in ("architecture", "world", "attack", "target", "poison_rate", "ca", "asr")}}
 
     @staticmethod

@@ -661,3 +661,29 @@ def test_sparse_rows_are_read_back_exactly_and_checked(toy_module, tmp_path):
     safetensors_torch.save_file(stored, str(d / "open_clip_model.safetensors"))
     with pytest.raises(cm.ModelLoadError, match="row indices"):
         cm.load_model(f"dir:{d}", runtime="torch", device="cpu")
+
+
+def test_int8_encoder_agrees_with_fp32_and_is_cached(model_dir):
+    """The quantized image encoder: cached once, its embeddings close to fp32's, and the rest of
+    the model (text encoder, preprocessing) unchanged."""
+    fp32 = cm.load_model(f"dir:{model_dir}", device="cpu")
+    int8 = cm.load_model(f"dir:{model_dir}", device="cpu", precision="int8")
+    assert fp32.precision == "fp32" and int8.precision == "int8"
+    cached = list((cm.cache_dir() / "int8").glob("*.onnx"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    again = cm.load_model(f"dir:{model_dir}", precision="int8")
+    assert again.precision == "int8" and cached[0].stat().st_mtime_ns == stamp  # not quantized twice
+    images = np.random.default_rng(0).integers(0, 256, (16, 48, 48, 3), dtype=np.uint8)
+    a, b = fp32.encode_images(images), int8.encode_images(images)
+    assert a.shape == b.shape and float((a * b).sum(axis=1).min()) > 0.99  # unit vectors
+    np.testing.assert_array_equal(fp32.encode_text(["a star"]), int8.encode_text(["a star"]))
+
+
+def test_bad_precision(model_dir):
+    with pytest.raises(ValueError, match="precision"):
+        cm.load_model(f"dir:{model_dir}", precision="int4")
+    with pytest.raises(ValueError, match="torch runtime"):
+        cm.load_model(f"dir:{model_dir}", runtime="torch", precision="int8")
+    with pytest.raises(ValueError, match="CPU path"):
+        cm.load_model(f"dir:{model_dir}", device="cuda", precision="int8")

@@ -78,6 +78,9 @@ def test_cli_scan_exit_codes(tiny_model, tmp_path):
     summary = json.loads((tmp_path / "a" / "report.json").read_text())["summary"]
     assert f"{summary['encoded_inputs'] / 30:.1f} encoder inputs per probe image" in proc.stdout
     assert summary["image_size"] == [48, 48]
+    proc = _cli("scan", tiny_model, "--probe", "toy:shapes:30", "--mode", "probe", "--precision", "int8",
+                "--out", str(tmp_path / "q"), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 5 and json.loads((tmp_path / "q" / "report.json").read_text())["model"]["precision"] == "int8"
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = _cli("scan", tiny_model, "--probe", str(empty), "--vocab", "toy:shapes", "--out", str(tmp_path / "b"), cwd=tmp_path)

@@ -147,7 +147,7 @@ def _digest(files: list[Path], extra: str) -> str:
 
 def _cached_onnx(
     files: list[Path], extra: str, build: Callable[[], Any], spec: str, device: str,
-    card: dict[str, Any] | None,
+    card: dict[str, Any] | None, precision: str,
 ) -> ClipModel:
     """Load the ONNX export of a torch model from the cache, exporting it first if needed."""
     from .export import export_onnx
@@ -172,12 +172,15 @@ def _cached_onnx(
             if staging.exists():
                 shutil.rmtree(staging)
         card = card if card is not None else torch_model.card
-    return OnnxClipModel(target, spec=spec, device=device, card=card)
+    return OnnxClipModel(target, spec=spec, device=device, card=card, precision=precision)
 
 
-def load_model(spec: str | os.PathLike, runtime: str = "onnx", device: str = "auto") -> ClipModel:
+def load_model(spec: str | os.PathLike, runtime: str = "onnx", device: str = "auto",
+               precision: str = "fp32") -> ClipModel:
     """Load a CLIP model from a spec (see the module docstring) on a runtime ("onnx" for fast
-    scanning, "torch" for repair) and a device ("auto", "cpu", "cuda", "cuda:N").
+    scanning, "torch" for repair) and a device ("auto", "cpu", "cuda", "cuda:N"). ``precision``
+    "int8" quantizes the ONNX image encoder (a CPU path, about twice as fast; see
+    :class:`~clipguard.models.onnx_runtime.OnnxClipModel`).
 
     Raises ``ValueError`` for a bad spec, ``ModelLoadError`` naming the file for anything wrong
     with the files, ``UnsafeModelError`` for a file that would run code (nothing is run).
@@ -186,6 +189,8 @@ def load_model(spec: str | os.PathLike, runtime: str = "onnx", device: str = "au
         raise ValueError(f"runtime must be 'onnx' or 'torch', got {runtime!r}")
     if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if precision != "fp32" and runtime == "torch":
+        raise ValueError(f"precision {precision!r} is an ONNX Runtime path; the torch runtime runs fp32")
     p = parse_spec(spec)
     name = str(p)
 
@@ -196,7 +201,7 @@ def load_model(spec: str | os.PathLike, runtime: str = "onnx", device: str = "au
             raise ValueError(f"{name}: an ONNX model has no torch weights; use runtime='onnx'")
         from .onnx_runtime import OnnxClipModel
 
-        return OnnxClipModel(p.path, spec=name, device=device)
+        return OnnxClipModel(p.path, spec=name, device=device, precision=precision)
 
     if p.kind in ("toy", "dir"):
         if runtime == "torch":
@@ -210,11 +215,11 @@ def load_model(spec: str | os.PathLike, runtime: str = "onnx", device: str = "au
         if (onnx_dir / "meta.json").is_file():
             from .onnx_runtime import OnnxClipModel
 
-            return OnnxClipModel(onnx_dir, spec=name, device=device, card=card)
+            return OnnxClipModel(onnx_dir, spec=name, device=device, card=card, precision=precision)
         return _cached_onnx(
             [cfg, p.path / tr.MODEL_WEIGHTS], "dir",
             lambda: tr.load_model_folder_torch(p.path, spec=name, device="cpu"),
-            name, device, card,
+            name, device, card, precision,
         )
 
     if p.kind == "open_clip":
@@ -223,7 +228,7 @@ def load_model(spec: str | os.PathLike, runtime: str = "onnx", device: str = "au
         return _cached_onnx(
             [p.path], f"open_clip:{p.arch}",
             lambda: tr.load_open_clip_checkpoint(p.arch or "", p.path, spec=name, device="cpu"),
-            name, device, None,
+            name, device, None, precision,
         )
 
     assert p.kind == "hf"
@@ -237,7 +242,7 @@ def load_model(spec: str | os.PathLike, runtime: str = "onnx", device: str = "au
         if f.is_file() and (f.suffix in (".json", ".txt", ".safetensors", ".bin", ".model"))
     )
     return _cached_onnx(
-        files, "hf", lambda: tr.load_hf_folder(p.path, spec=name, device="cpu"), name, device, None
+        files, "hf", lambda: tr.load_hf_folder(p.path, spec=name, device="cpu"), name, device, None, precision
     )
 
 
