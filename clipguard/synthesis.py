@@ -47,7 +47,7 @@ MIN_HELD_OUT = 40
 # SIG's family, swept: sinusoids across the width or down the height, at these periods across the
 # image, two phases and two amplitudes (grey levels). An attacker picks a frequency and an
 # amplitude; a backdoor learned at one fires at its neighbours too (measured on the toy zoo).
-SWEEP_PERIODS = (1, 2, 3, 4, 6, 8, 12)
+SWEEP_PERIODS = (1, 2, 3, 4, 6, 8, 12, 16, 24)  # a trigger's selectivity is testable at 2-12
 SWEEP_AMPLITUDES = (30.0, 60.0)
 SWEEP_IMAGES = 50  # held-out images: half screen every label's trigger, half confirm the suspects
 
@@ -68,7 +68,8 @@ class SynthesisConfig:
     adapt_every: int = 5
     anomaly: float = 2.0  # MAD index of the log size, low side, above which a label is a suspect ...
     generalize: float = 0.5  # ... or the held-out flip rate of its trigger, whatever its size
-    sweep_share: float = 0.8  # a swept sinusoid must send this share of held-out images to its label
+    sweep_share: float = 0.8  # a swept sinusoid must send this share of held-out images to its label ...
+    sweep_selectivity: float = 0.5  # ... and that many points more than the same wave an octave away
     min_images: int = 16  # fewer probe images: the synthesis does not run at all
     kinds: tuple[str, ...] = KINDS
     refine_steps: int = 100  # a patch suspect's pattern re-optimized at random places (0: off)
@@ -100,7 +101,7 @@ class LabelTriggers:
     size: np.ndarray  # [C]: mask area share (patch) or offset RMS in 0-255 units (global, sinusoid)
     flip: np.ndarray  # [C]: flip rate of the kept trigger on the optimization images
     reached: np.ndarray  # [C] bool: the flip rate reached the target
-    anomaly: np.ndarray  # [C]: MAD index of log(size), low side
+    anomaly: np.ndarray  # [C]: MAD index of log(size), low side (sinusoid: band-pass selectivity)
     heldout: np.ndarray  # [C]: flip rate of the trigger on held-out images (screening half)
     masks: np.ndarray | None  # [C,S,S] float32 (patch)
     patterns: np.ndarray  # [C,S,S,3] float32 in [0,1] (patch) or offsets in [-1,1] (global, sinusoid)
@@ -126,9 +127,15 @@ class Synthesis:
 
     def screen_strength(self) -> float:
         """How near the strongest label came to being a suspect by its held-out flip rate: that
-        rate over its kind's threshold (1 at the threshold). Ranks models below the verdict."""
-        return max((float(t.heldout.max()) / _generalize(kind, self.config) for kind, t in self.triggers.items()),
-                   default=0.0)
+        rate over its kind's threshold (1 at the threshold; for the sweep, the smaller of that and
+        the selectivity over its threshold). Ranks models below the verdict."""
+        cfg, out = self.config, 0.0
+        for kind, t in self.triggers.items():
+            strength = t.heldout / _generalize(kind, cfg)
+            if kind == "sinusoid":
+                strength = np.minimum(strength, t.anomaly / cfg.sweep_selectivity)
+            out = max(out, float(strength.max()))
+        return out
 
     def label_row(self, c: int) -> dict[str, Any]:
         row: dict[str, Any] = {}
@@ -374,28 +381,44 @@ def _wave(shape: tuple[int, int], axis: int, periods: float, phase: float, ampli
 
 
 def _sweep(images: np.ndarray, labels_all: np.ndarray, screen_idx: np.ndarray, names: list[str],
-           classify: Callable[[np.ndarray], np.ndarray], rng: np.random.Generator) -> LabelTriggers:
+           classify: Callable[[np.ndarray], np.ndarray], rng: np.random.Generator,
+           input_size: int | None = None) -> LabelTriggers:
     """SIG's family swept over held-out images. A sinusoid backdoor is not a *small* change (SIG
     adds 20-60 grey levels), so the optimization, which finds each label's smallest trigger, finds
     a clean label's adversarial offset first. Swept instead, the backdoor's wave sends nearly every
-    image to its target, while a clean model's response to stripes stays partial (at most 55% on
-    the toy zoo's tuning half). Per label: the wave sending the largest share of the other labels'
-    images to it (``heldout``)."""
+    image to its target. Stripes also *look like* some labels ("trouser", "sandal" in the fashion
+    world send 100% there), but such a resemblance is broadband: finer or coarser stripes still
+    look like trousers. A learned trigger is tuned to its frequency: an octave away on either side
+    it fires on at most 30% (the toy zoo's SIG models). Per label: the wave sending the largest
+    share of the other labels' images to it (``heldout``) and its band-pass selectivity
+    (``anomaly``): that share minus the largest share of the same wave's amplitude and axis at
+    half the period count or less, or twice or more (0 where the grid has no octave on a side).
+    Waves above the Nyquist limit of the image or of the model's ``input_size`` are left out: they
+    alias to coarser ones."""
     idx = screen_idx[:SWEEP_IMAGES]
     imgs, own = images[idx], labels_all[idx]
     c = len(names)
-    waves = [(axis, f, ph, a) for a in SWEEP_AMPLITUDES for axis in (1, 0) for f in SWEEP_PERIODS for ph in (0.0, np.pi / 2)]
+    sides = [min(n, input_size or n) for n in imgs.shape[1:3]]
+    waves = [(axis, f, ph, a) for a in SWEEP_AMPLITUDES for axis in (1, 0) for f in SWEEP_PERIODS
+             for ph in (0.0, np.pi / 2) if f <= sides[axis] / 2]
     offsets = [_wave(imgs.shape[1:3], *w) for w in waves]
     others = own[None, :] != np.arange(c)[:, None]  # [C,K]: images that count for each label
     share = np.zeros((len(waves), c))
     for i, off in enumerate(offsets):
-        lab = classify(apply_trigger(imgs, Trigger(kind="global", image=off, source="synthesis"), rng))
-        share[i] = ((lab[None, :] == np.arange(c)[:, None]) & others).sum(1) / np.maximum(others.sum(1), 1)
+        got = classify(apply_trigger(imgs, Trigger(kind="global", image=off, source="synthesis"), rng))
+        share[i] = ((got[None, :] == np.arange(c)[:, None]) & others).sum(1) / np.maximum(others.sum(1), 1)
     best = share.argmax(axis=0)  # the first best: the smaller amplitude
     heldout = share[best, np.arange(c)]
+    selectivity = np.zeros(c)
+    for c_, b in enumerate(best):
+        axis, f, _, amp = waves[b]
+        lower = [i for i, (ax, g, _, aa) in enumerate(waves) if (ax, aa) == (axis, amp) and g <= f / 2]
+        upper = [i for i, (ax, g, _, aa) in enumerate(waves) if (ax, aa) == (axis, amp) and g >= 2 * f]
+        if lower and upper:
+            selectivity[c_] = heldout[c_] - share[lower + upper, c_].max()
     return LabelTriggers(
         kind="sinusoid", size=np.array([waves[b][3] / np.sqrt(2) for b in best]), flip=heldout, reached=heldout > 0,
-        anomaly=np.zeros(c), heldout=heldout, masks=None,
+        anomaly=selectivity, heldout=heldout, masks=None,
         patterns=np.stack([(offsets[b].astype(np.float32) - 128) / 255 for b in best]))
 
 
@@ -413,13 +436,17 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
     screen_idx, confirm_idx = hold_idx[::2], hold_idx[1::2]
     _screen(triggers, images, labels_all, screen_idx, names, classify, rng)
     if "sinusoid" in cfg.kinds:
-        triggers["sinusoid"] = _sweep(images, labels_all, screen_idx, names, classify, rng)
+        triggers["sinusoid"] = _sweep(images, labels_all, screen_idx, names, classify, rng,
+                                      getattr(enc.model, "input_size", None))
     hold_idx = confirm_idx
     suspects: list[Suspect] = []
     for kind, t in triggers.items():
         for lab in np.argsort(-t.heldout):
             lab = int(lab)
-            if not t.reached[lab] or (t.anomaly[lab] <= cfg.anomaly and t.heldout[lab] < _generalize(kind, cfg)):
+            if kind == "sinusoid":
+                if t.heldout[lab] < cfg.sweep_share or t.anomaly[lab] < cfg.sweep_selectivity:
+                    continue
+            elif not t.reached[lab] or (t.anomaly[lab] <= cfg.anomaly and t.heldout[lab] < cfg.generalize):
                 continue
             trig = _label_trigger(kind, t, lab, names[lab], hw)
             held = hold_idx[labels_all[hold_idx] != lab]
