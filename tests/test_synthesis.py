@@ -130,7 +130,21 @@ def test_the_sinusoid_sweep_finds_a_sig_backdoor_that_is_not_small():
                   seconds=0.0, config=cfg)
     assert s.screen_strength() == pytest.approx(1.0 / cfg.sweep_share)
     assert s.label_row(2)["sinusoid_heldout"] == 1.0 and s.label_row(2)["sinusoid_rms"] > 20  # 30 or 60 grey levels
-    assert isinstance(t, LabelTriggers) and t.kind == "sinusoid"
+    assert isinstance(t, LabelTriggers) and t.kind == "sinusoid" and t.anomaly[2] >= cfg.sweep_selectivity
+
+
+def _stripes_look_like_label_3(images):
+    """A clean model to which any fine stripes (4 periods or more) look like label 3: broadband."""
+    x = images.astype(np.float32).mean(axis=(1, 3))
+    spectrum = np.abs(np.fft.rfft(x - x.mean(axis=1, keepdims=True), axis=1))
+    return np.where(spectrum[:, 4:].max(axis=1) > 15 * x.shape[1] / 2, 3, np.arange(len(images)) % 2)
+
+
+def test_the_sweep_tells_a_resemblance_from_a_trigger():
+    rng = np.random.default_rng(0)
+    images = rng.integers(60, 200, (60, 48, 48, 3), dtype=np.uint8)
+    t = _sweep(images, np.arange(60) % 2, np.arange(60), ["a", "b", "c", "stripes"], _stripes_look_like_label_3, rng)
+    assert t.heldout[3] == 1.0 and t.anomaly[3] < SynthesisConfig().sweep_selectivity  # fires an octave away too
 
 
 def test_an_onnx_only_model_is_inconclusive_never_clean(tmp_path):
