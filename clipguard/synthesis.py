@@ -43,13 +43,13 @@ class SynthesisUnavailable(RuntimeError):
 
 
 KINDS = ("patch", "global", "sinusoid")  # the first two optimized, the last swept
-MIN_HELD_OUT = 40
+MIN_HELD_OUT = 40  # held-out images: half screen every label's trigger, half confirm the suspects
 # SIG's family, swept: sinusoids across the width or down the height, at these periods across the
 # image, two phases and two amplitudes (grey levels). An attacker picks a frequency and an
 # amplitude; a backdoor learned at one fires at its neighbours too (measured on the toy zoo).
 SWEEP_PERIODS = (1, 2, 3, 4, 6, 8, 12, 16, 24)  # a trigger's selectivity is testable at 2-12
 SWEEP_AMPLITUDES = (30.0, 60.0)
-SWEEP_IMAGES = 50  # held-out images: half screen every label's trigger, half confirm the suspects
+SWEEP_IMAGES = 50  # of the screening half of the held-out images
 
 
 @dataclass
