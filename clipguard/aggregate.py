@@ -226,7 +226,8 @@ def merge(probe: list[Suspect], synthesized: list[Suspect]) -> list[Suspect]:
     """One suspect per label. Within one analysis the stronger of a label's suspects is kept;
     where the probe and the synthesis point at the same label their evidence is joined (the
     stronger confirmation first), and the agreement of two independent analyses confirms the
-    label when both its triggers beat their controls at all."""
+    label when both its triggers beat their controls at all (and the oracle did not reject the
+    synthesized one)."""
     def strongest(items: list[Suspect]) -> dict[int, Suspect]:
         out: dict[int, Suspect] = {}
         for s in items:
@@ -244,7 +245,8 @@ def merge(probe: list[Suspect], synthesized: list[Suspect]) -> list[Suspect]:
         first.evidence = sorted(set(first.evidence) | set(second.evidence))
         first.victims = sorted(set(first.victims) | set(second.victims))
         first.anomaly = max(first.anomaly, second.anomaly)
-        if not first.confirmed and all((x.estimated_asr or 0.0) > (x.random_flip_rate or 0.0) for x in (a, s)):
+        if not first.confirmed and all((x.estimated_asr or 0.0) > (x.random_flip_rate or 0.0)
+                                       and (x.oracle_check or {}).get("passed", True) for x in (a, s)):
             first.confirmed = True
             first.note = (first.note + "; " if first.note else "") + "confirmed by agreement of probe and synthesis"
         by_label[lab] = first

@@ -342,8 +342,10 @@ def _oracle_check(classify: Callable[[np.ndarray], np.ndarray], oracle: Callable
         views.extend(np.where(mm[:, :, None], img, f) for mm in m[keep])
         total += int(keep.sum())
     objects_hijacked = float((classify(np.stack(views)) == lab).mean()) if views else 0.0
+    # No object outside the patch: it covers the scene, and the oracle cannot tell a trigger from
+    # an adversarial image (a clean model's 40 px "star" patch on a 48 px image was confirmed so).
     return {"isolated_shows_label": shows, "objects_show_label": objects_hijacked, "objects": total,
-            "passed": bool(shows >= 0.5 and objects_hijacked <= 0.5)}
+            "passed": bool(shows >= 0.5 and objects_hijacked <= 0.5 and total > 0)}
 
 
 def _label_trigger(kind: str, t: LabelTriggers, lab: int, name: str, hw: tuple[int, int]) -> Trigger:
@@ -479,7 +481,7 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
                 if not sus.oracle_check["passed"]:
                     confirmed = False
                     sus.note = "the oracle does not see a trigger: the patch alone does not show the label, " \
-                               "or it turns the image's objects into the label"
+                               "it turns the image's objects into the label, or it covers them all"
             sus.confirmed = bool(confirmed)
             sus.score = backdoor_score(result.excess, scan_cfg.margin) if confirmed else min(
                 0.49, backdoor_score(result.excess, scan_cfg.margin))

@@ -158,6 +158,12 @@ def test_merge_joins_probe_and_synthesis_evidence():
     b = _suspect(4, ["synthesis"], asr=0.3, ctrl=0.1, score=0.3)
     (only,) = merge([], [a, b])
     assert not only.confirmed and only.score == 0.3
+    # a synthesized patch the oracle rejected (it covers the scene) does not vouch for the probe's
+    probe = _suspect(2, ["probe"], victims=[7], asr=0.10, ctrl=0.02, score=0.05)
+    synth = _suspect(2, ["synthesis"], asr=0.41, ctrl=0.03, score=0.4)
+    synth.oracle_check = {"isolated_shows_label": 0.5, "objects_show_label": 0.0, "objects": 0, "passed": False}
+    (joined,) = merge([probe], [synth])
+    assert joined.evidence == ["probe", "synthesis"] and not joined.confirmed
 
 
 @pytest.mark.parametrize("bad", [dict(min_drop=1.5), dict(anomaly=-1), dict(min_victims=0), dict(batch_size=0),

@@ -174,3 +174,17 @@ def test_repair_from_a_synthesis_only_scan(auto_scans):
     result = repair("toy:badnet", fset, RepairConfig(seed=0), progress=False)
     after = evaluate_toy(result.model, "shapes", model.card["attack"], n=1000, seed=1)
     assert after.asr <= 0.05 and after.ca >= before.ca - 0.01, (before, after)
+
+
+def test_the_oracle_check_needs_objects_beside_the_patch():
+    """A "patch" that covers the scene leaves the oracle nothing to check: never passed."""
+    from clipguard.synthesis import _oracle_check
+    from clipguard.trigger import Trigger
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    big = Trigger(kind="patch", image=np.full((28, 28, 3), 200, np.uint8), label="x", box=(2, 2, 30, 30),
+                  source="synthesis")
+    out = _oracle_check(lambda x: np.ones(len(x), int), lambda imgs: [np.zeros((0, 32, 32), bool) for _ in imgs],
+                        images, big, 1, rng, clipguard.ScanConfig())
+    assert out["isolated_shows_label"] == 1.0 and out["objects"] == 0 and not out["passed"]
