@@ -57,6 +57,9 @@ ZOO: dict[str, tuple[str | None, float, int, dict[str, Any]]] = {
     # periods and amplitudes off the synthesis' sweep grid (SWEEP_PERIODS), never used to tune it
     "sig-f5-star-a30": ("sig:target=star,frequency=5,amplitude=30", 0.05, 17, {}),
     "sig-f10-cross": ("sig:target=cross,frequency=10", 0.05, 18, {}),
+    # ... and two more, held out from the second tuning round
+    "sig-f3-arrow-a50": ("sig:target=arrow,frequency=3,amplitude=50", 0.05, 19, {}),
+    "sig-f7-diamond-a25": ("sig:target=diamond,frequency=7,amplitude=25", 0.05, 20, {}),
     "wanet-arrow": ("wanet:target=arrow", 0.1, 13, {}),
     "wanet-circle-k8": ("wanet:target=circle,k=8", 0.1, 14, {}),
     "lc-star": ("lc:target=star,size=6", 0.1, 15, {}),

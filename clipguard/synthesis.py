@@ -47,7 +47,7 @@ MIN_HELD_OUT = 40  # held-out images: half screen every label's trigger, half co
 # SIG's family, swept: sinusoids across the width or down the height, at these periods across the
 # image, two phases and two amplitudes (grey levels). An attacker picks a frequency and an
 # amplitude; a backdoor learned at one fires at its neighbours too (measured on the toy zoo).
-SWEEP_PERIODS = (1, 2, 3, 4, 6, 8, 12, 16, 24)  # a trigger's selectivity is testable at 2-12
+SWEEP_PERIODS = (1, 2, 3, 4, 6, 8, 12, 16, 24)  # a trigger's selectivity is testable at 2-12 (48 px)
 SWEEP_AMPLITUDES = (30.0, 60.0)
 SWEEP_IMAGES = 50  # of the screening half of the held-out images
 
@@ -69,7 +69,7 @@ class SynthesisConfig:
     anomaly: float = 2.0  # MAD index of the log size, low side, above which a label is a suspect ...
     generalize: float = 0.5  # ... or the held-out flip rate of its trigger, whatever its size
     sweep_share: float = 0.8  # a swept sinusoid must send this share of held-out images to its label ...
-    sweep_selectivity: float = 0.5  # ... and that many points more than the same wave an octave away
+    sweep_selectivity: float = 0.5  # ... and that many points more than the sweep's ends
     min_images: int = 16  # fewer probe images: the synthesis does not run at all
     kinds: tuple[str, ...] = KINDS
     refine_steps: int = 100  # a patch suspect's pattern re-optimized at random places (0: off)
@@ -390,11 +390,12 @@ def _sweep(images: np.ndarray, labels_all: np.ndarray, screen_idx: np.ndarray, n
     a clean label's adversarial offset first. Swept instead, the backdoor's wave sends nearly every
     image to its target. Stripes also *look like* some labels ("trouser", "sandal" in the fashion
     world send 100% there), but such a resemblance is broadband: finer or coarser stripes still
-    look like trousers. A learned trigger is tuned to its frequency: an octave away on either side
-    it fires on at most 30% (the toy zoo's SIG models). Per label: the wave sending the largest
-    share of the other labels' images to it (``heldout``) and its band-pass selectivity
-    (``anomaly``): that share minus the largest share of the same wave's amplitude and axis at
-    half the period count or less, or twice or more (0 where the grid has no octave on a side).
+    look like trousers. A learned trigger is tuned to its frequency: its response is a bump that
+    falls off on both sides within the sweep (to at most 22% at the sweep's ends on the toy zoo's
+    SIG models). Per label: the wave sending the largest share of the other labels' images to it
+    (``heldout``) and its band-pass selectivity (``anomaly``): that share minus the larger share of
+    the same amplitude and axis at the sweep's lowest and highest period count (0 unless the best
+    wave lies an octave or more inside both ends).
     Waves above the Nyquist limit of the image or of the model's ``input_size`` are left out: they
     alias to coarser ones."""
     idx = screen_idx[:SWEEP_IMAGES]
@@ -414,10 +415,11 @@ def _sweep(images: np.ndarray, labels_all: np.ndarray, screen_idx: np.ndarray, n
     selectivity = np.zeros(c)
     for c_, b in enumerate(best):
         axis, f, _, amp = waves[b]
-        lower = [i for i, (ax, g, _, aa) in enumerate(waves) if (ax, aa) == (axis, amp) and g <= f / 2]
-        upper = [i for i, (ax, g, _, aa) in enumerate(waves) if (ax, aa) == (axis, amp) and g >= 2 * f]
-        if lower and upper:
-            selectivity[c_] = heldout[c_] - share[lower + upper, c_].max()
+        line = [i for i, (ax, _, _, aa) in enumerate(waves) if (ax, aa) == (axis, amp)]
+        lo, hi = min(waves[i][1] for i in line), max(waves[i][1] for i in line)
+        if 2 * lo <= f <= hi / 2:  # an octave of the sweep on both sides of the best wave
+            ends = [i for i in line if waves[i][1] in (lo, hi)]
+            selectivity[c_] = heldout[c_] - share[ends, c_].max()
     return LabelTriggers(
         kind="sinusoid", size=np.array([waves[b][3] / np.sqrt(2) for b in best]), flip=heldout, reached=heldout > 0,
         anomaly=selectivity, heldout=heldout, masks=None,
