@@ -81,8 +81,10 @@ def cuda_column(fn: Callable[[], object], check: Callable[[object], object], t_r
 def vit_b32_checkpoint(path: str | os.PathLike) -> str:
     """A ViT-B/32 open_clip checkpoint with random weights, saved as safetensors at ``path`` (the
     size and architecture of the models users scan; no download). Returns its model spec."""
+    import torch
     from safetensors.torch import save_file
 
+    torch.manual_seed(0)  # the same random weights each run: the scan's path depends on them
     module = clipguard.models.open_clip_module().create_model("ViT-B-32", pretrained=None)
     save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
     return f"open_clip:ViT-B-32:{path}"
