@@ -129,13 +129,7 @@ class Synthesis:
         """How near the strongest label came to being a suspect by its held-out flip rate: that
         rate over its kind's threshold (1 at the threshold; for the sweep, the smaller of that and
         the selectivity over its threshold). Ranks models below the verdict."""
-        cfg, out = self.config, 0.0
-        for kind, t in self.triggers.items():
-            strength = t.heldout / _generalize(kind, cfg)
-            if kind == "sinusoid":
-                strength = np.minimum(strength, t.anomaly / cfg.sweep_selectivity)
-            out = max(out, float(strength.max()))
-        return out
+        return max((float(_strength(kind, t, self.config).max()) for kind, t in self.triggers.items()), default=0.0)
 
     def label_row(self, c: int) -> dict[str, Any]:
         row: dict[str, Any] = {}
@@ -154,9 +148,12 @@ class Synthesis:
                 "suspects": [s.name for s in self.suspects]}
 
 
-def _generalize(kind: str, cfg: SynthesisConfig) -> float:
-    """The held-out flip rate that makes a label's trigger of ``kind`` a suspect."""
-    return cfg.sweep_share if kind == "sinusoid" else cfg.generalize
+def _strength(kind: str, t: LabelTriggers, cfg: SynthesisConfig) -> np.ndarray:
+    """Per label, the held-out flip rate over the rate that makes a suspect (1 at the threshold);
+    for the sweep, the smaller of that and the selectivity over its threshold."""
+    if kind == "sinusoid":
+        return np.minimum(t.heldout / cfg.sweep_share, t.anomaly / cfg.sweep_selectivity)
+    return t.heldout / cfg.generalize
 
 
 def _mad_low(values: np.ndarray) -> np.ndarray:
@@ -445,12 +442,12 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
     hold_idx = confirm_idx
     suspects: list[Suspect] = []
     for kind, t in triggers.items():
+        strength = _strength(kind, t, cfg)
+        # An optimized trigger is a suspect by its size anomaly too; the sweep's sizes are fixed.
+        suspect = strength >= 1 if kind == "sinusoid" else t.reached & ((t.anomaly > cfg.anomaly) | (strength >= 1))
         for lab in np.argsort(-t.heldout):
             lab = int(lab)
-            if kind == "sinusoid":
-                if t.heldout[lab] < cfg.sweep_share or t.anomaly[lab] < cfg.sweep_selectivity:
-                    continue
-            elif not t.reached[lab] or (t.anomaly[lab] <= cfg.anomaly and t.heldout[lab] < cfg.generalize):
+            if not suspect[lab]:
                 continue
             trig = _label_trigger(kind, t, lab, names[lab], hw)
             held = hold_idx[labels_all[hold_idx] != lab]

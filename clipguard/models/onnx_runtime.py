@@ -113,16 +113,11 @@ def int8_image_encoder(path: Path) -> Path:
     (ONNX Runtime's dynamic quantization), cached under the fp32 file's SHA-256: a CPU path that
     uses the processor's int8 dot products (VNNI). Its top-1 labels are checked against fp32 by
     ``benchmarks/bench_scale.py``."""
-    import hashlib
     import uuid
 
-    from .loading import cache_dir
+    from .loading import _digest, cache_dir
 
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    target = cache_dir() / "int8" / f"{h.hexdigest()[:32]}.onnx"
+    target = cache_dir() / "int8" / f"{_digest([path], 'int8')}.onnx"
     if not target.is_file():
         quantization = require("onnxruntime.quantization", purpose="int8 encoders")
         target.parent.mkdir(parents=True, exist_ok=True)
