@@ -111,7 +111,7 @@ def tpr_at_fpr(pos: list[float], neg: list[float], fpr: float = 0.05) -> float:
 def _heldout(report: Any) -> float | None:
     """The synthesis' continuous evidence: the highest held-out flip rate of any label's
     synthesized trigger (None without a synthesis)."""
-    values = [row[k] for row in report.labels for k in ("patch_heldout", "global_heldout", "sinusoid_heldout") if k in row]
+    values = [row[k] for row in report.labels for k in row if k.endswith("_heldout")]
     return max(values) if values else None
 
 

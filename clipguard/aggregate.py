@@ -205,14 +205,14 @@ def confirm_probe_suspect(enc: _Encoder, images: np.ndarray, findings: list[Imag
         trigger = Trigger(kind="patch", image=patch, label=name, box=at, source="probe")
         # The reference: patches of the same size cut from random probe images, at the same place.
         control = random_patches(images[clean], images, s, rng, at=at)
-        result = confirm(classify, images[clean], trigger, lab, control, rng)
+        result = confirm(classify, images[clean], trigger, lab, control, rng, margin=cfg.margin)
         if result.anywhere_rate is not None:
             trigger.position_dependent = bool(result.flip_rate - result.anywhere_rate >= cfg.margin)
     else:
         trigger = Trigger(kind="global", image=global_pattern(images, [f.index for f in victims]), label=name)
         others = rng.choice(clean, size=min(len(victims), clean.size), replace=False)
         control = apply_trigger(images[clean], Trigger(kind="global", image=global_pattern(images, others)), rng)
-        result = confirm(classify, images[clean], trigger, lab, control, rng)
+        result = confirm(classify, images[clean], trigger, lab, control, rng, margin=cfg.margin)
     out.trigger = trigger
     out.estimated_asr, out.random_flip_rate, out.anywhere_asr = result.flip_rate, result.control_rate, result.anywhere_rate
     out.stamped_images = result.images

@@ -110,6 +110,9 @@ def summary_line(name: str, r: Any) -> str:
     inputs = r.timings.get("encoded_inputs")
     if inputs and r.probe_size:
         line += f"; {inputs / r.probe_size:.1f} encoder inputs per probe image"
+    if r.timings.get("synthesis_passes"):
+        line += (f" (synthesis apart: {r.timings['synthesis_passes']:,} forward+backward passes, "
+                 f"{r.timings.get('synthesis_encoded_inputs', 0):,} encoder inputs)")
     unconfirmed = [s for s in r.suspects if not s.confirmed]
     if unconfirmed:
         line += "; unconfirmed suspects: " + ", ".join(

@@ -284,7 +284,9 @@ _SYNTHESIS_CHARTS: tuple[tuple[str, str, Callable[[dict[str, Any]], str]], ...] 
     ("global_rms", "the smallest global pattern (RMS, 0-255) each label needs",
      lambda r: f"RMS {r['global_rms']:.1f}, flips {100 * r['global_flip']:.0f}%, anomaly {r['global_anomaly']:.1f}"),
     ("sinusoid_heldout", "the share of held-out images the best swept sinusoid sends to each label",
-     lambda r: f"{100 * r['sinusoid_heldout']:.0f}% (RMS {r['sinusoid_rms']:.0f})"),
+     lambda r: f"{100 * r['sinusoid_heldout']:.0f}% (RMS {r['sinusoid_rms']:.0f}), selectivity {r['sinusoid_anomaly']:.2f}"),
+    ("noise_heldout", "the share of held-out images the best swept noise sends to each label",
+     lambda r: f"{100 * r['noise_heldout']:.0f}% (RMS {r['noise_rms']:.0f}), selectivity {r['noise_anomaly']:.2f}"),
 )
 
 

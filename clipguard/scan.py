@@ -41,7 +41,7 @@ from .report import ScanReport
 from .trigger import Box
 
 __all__ = ["MODES", "ScanConfig", "ImageFinding", "scan", "whole_image_labels", "oracle_regions", "ground",
-           "verify", "localize_windows"]
+           "verify", "localize_windows", "search_until_futile"]
 
 MODES = ("auto", "probe", "synthesize")
 
@@ -60,6 +60,7 @@ class ScanConfig:
     window_min: float = 0.06  # smallest occlusion window, as a share of the image side
     anomaly: float = 2.0  # anomaly index above which a label is a suspect
     search_anomaly: float = 1.0  # the window search runs on labels whose unexplained rate has at least this index
+    search_round: int = 8  # images per label per round of the window search (futile labels stop after two)
     min_victims: int = 2  # fewer verified candidates than this are not evidence
     global_share: float = 0.75  # share of an image's regions carrying the label for a global trigger
     background_prob: float = 0.9  # the background view (all regions occluded) must show the label this surely
@@ -82,7 +83,7 @@ class ScanConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not v >= 0.0:
                 raise ValueError(f"ScanConfig.{name} must be a number >= 0, got {v!r}")
-        for name, low in (("min_victims", 1), ("stamp_images", 1), ("batch_size", 1), ("min_probe", 1), ("seed", 0)):
+        for name, low in (("min_victims", 1), ("search_round", 1), ("stamp_images", 1), ("batch_size", 1), ("min_probe", 1), ("seed", 0)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 raise ValueError(f"ScanConfig.{name} must be an integer >= {low}, got {v!r}")
@@ -249,6 +250,32 @@ def localize_windows(model: Any, enc: _Encoder, images: np.ndarray, findings: li
             f.candidate, f.verified, f.localized_by, f.trigger_box = int(whole.label[i]), True, "window", small[i]
 
 
+def search_until_futile(model: Any, enc: _Encoder, images: np.ndarray, findings: list[ImageFinding], todo: list[int],
+                        whole: WholeImage, text: np.ndarray, scale: float, cfg: ScanConfig) -> list[int]:
+    """The window search on ``todo`` in rounds of ``cfg.search_round`` images per label (in a
+    seeded random order), a label's search stopping when its first round verified none of them,
+    or once at least two rounds were searched and at most one image in eight was verified: its
+    unexplained candidates are then the oracle missing parts of objects, not a trigger (a
+    trigger's images verify at a far higher rate, so its count, Algorithm 2's evidence, is kept
+    whole). Returns the images searched."""
+    rng = np.random.default_rng(cfg.seed)
+    queues: dict[int, list[int]] = {}
+    for i in rng.permutation(np.array(todo, np.int64)).tolist():
+        queues.setdefault(int(whole.label[i]), []).append(i)
+    done: dict[int, list[int]] = {lab: [] for lab in queues}
+    while queues:
+        batch = {lab: q[: cfg.search_round] for lab, q in queues.items()}
+        localize_windows(model, enc, images, findings, [i for b in batch.values() for i in b], whole, text, scale, cfg)
+        for lab, b in batch.items():
+            done[lab] += b
+            queues[lab] = queues[lab][len(b):]
+            verified = sum(findings[i].verified for i in done[lab])
+            futile = verified == 0 or (len(done[lab]) >= 2 * cfg.search_round and 8 * verified <= len(done[lab]))
+            if not queues[lab] or futile:
+                del queues[lab]
+    return sorted(i for d in done.values() for i in d)
+
+
 def worth_searching(findings: list[ImageFinding], label: np.ndarray, c: int, cfg: ScanConfig) -> list[int]:
     """The images the occlusion-window search is worth its cost on (about 50 encoder inputs
     each): those with a candidate no region explained, of labels where that happens anomalously
@@ -293,7 +320,7 @@ def probe_analysis(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray,
     clock.bar.update(1)
     searched = worth_searching(findings, whole.label, text.shape[0], cfg)
     with clock("window_search", tick=True):
-        localize_windows(model, enc, images, findings, searched, whole, text, scale, cfg)
+        searched = search_until_futile(model, enc, images, findings, searched, whole, text, scale, cfg)
     with clock("aggregate"):
         picked, stats = aggregate.select_suspects(findings, whole.label, text.shape[0], cfg)
     # A trigger on (or merged by the oracle with) an object can make a region ground the label:
@@ -305,8 +332,7 @@ def probe_analysis(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray,
         for lab, kind in picked:
             if kind == "localized" and stats["local_counts"][lab] < 2 * cfg.min_victims:
                 todo = [f.index for f in findings if f.label == lab and not f.verified and f.index not in done]
-                localize_windows(model, enc, images, findings, todo, whole, text, scale, cfg)
-                done.update(todo)
+                done.update(search_until_futile(model, enc, images, findings, todo, whole, text, scale, cfg))
     with clock("aggregate", tick=True):
         rng = np.random.default_rng(cfg.seed)
         names = list(vocab.classnames)
@@ -362,10 +388,11 @@ def scan(
     if mode in ("auto", "probe"):
         probe = probe_analysis(model, enc, clock, images, vocab, oracle_fn, text, scale, cfg)
     synth = None
+    synth_enc = _Encoder(model, cfg.batch_size)  # the synthesis' screening and confirmation, counted apart
     if mode in ("auto", "synthesize"):
         with clock("synthesis", tick=True):
             try:
-                synth = synthesize(model, images, vocab, text, scale, oracle_fn, enc, cfg, synthesis, progress=progress,
+                synth = synthesize(model, images, vocab, text, scale, oracle_fn, synth_enc, cfg, synthesis, progress=progress,
                                    whole=(probe.whole.label, probe.whole.prob) if probe else None)
             except SynthesisUnavailable as exc:
                 errors.append(f"synthesis did not run: {exc}")
@@ -378,6 +405,8 @@ def scan(
     timings["encode_seconds"] = enc.seconds
     if synth is not None:
         timings["synthesis_passes"] = synth.passes
+        timings["synthesis_encoded_inputs"] = synth_enc.count
+        timings["encode_seconds"] += synth_enc.seconds
     findings = probe.findings if probe else _label_only_findings(synth)
     confirmed = [s for s in suspects if s.confirmed]
     victims = aggregate.victims_of(confirmed, findings)

@@ -42,7 +42,8 @@ class SynthesisUnavailable(RuntimeError):
     """The synthesis cannot run for this model (no torch weights, torch missing, too few images)."""
 
 
-KINDS = ("patch", "global", "sinusoid")  # the first two optimized, the last swept
+KINDS = ("patch", "global", "sinusoid", "noise")  # the first two optimized, the others swept
+SWEPT = ("sinusoid", "noise")
 MIN_HELD_OUT = 40  # held-out images: half screen every label's trigger, half confirm the suspects
 # SIG's family, swept: sinusoids across the width or down the height, at these periods across the
 # image, two phases and two amplitudes (grey levels). An attacker picks a frequency and an
@@ -50,6 +51,10 @@ MIN_HELD_OUT = 40  # held-out images: half screen every label's trigger, half co
 SWEEP_PERIODS = (1, 2, 3, 4, 6, 8, 12, 16, 24)  # a trigger's selectivity is testable at 2-12 (48 px)
 SWEEP_AMPLITUDES = (30.0, 60.0)
 SWEEP_IMAGES = 50  # of the screening half of the held-out images
+# Blended's family: i.i.d. uniform noise in grains of these model-input pixels, at these
+# amplitudes (grey levels; Blended's alpha 0.15-0.3 adds noise of about 128 alpha).
+NOISE_GRAINS = (1, 2)
+NOISE_AMPLITUDES = (20.0, 40.0)
 
 
 @dataclass
@@ -68,8 +73,8 @@ class SynthesisConfig:
     adapt_every: int = 5
     anomaly: float = 2.0  # MAD index of the log size, low side, above which a label is a suspect ...
     generalize: float = 0.5  # ... or the held-out flip rate of its trigger, whatever its size
-    sweep_share: float = 0.8  # a swept sinusoid must send this share of held-out images to its label ...
-    sweep_selectivity: float = 0.5  # ... and that many points more than the sweep's ends
+    sweep_share: float = 0.8  # a swept pattern (sinusoid, noise) must send this share of held-out images to its label ...
+    sweep_selectivity: float = 0.5  # ... and that many points more than its references (_family)
     min_images: int = 16  # fewer probe images: the synthesis does not run at all
     kinds: tuple[str, ...] = KINDS
     refine_steps: int = 100  # a patch suspect's pattern re-optimized at random places (0: off)
@@ -98,13 +103,13 @@ class LabelTriggers:
     """Per label, the smallest trigger of one kind the optimization found."""
 
     kind: str
-    size: np.ndarray  # [C]: mask area share (patch) or offset RMS in 0-255 units (global, sinusoid)
+    size: np.ndarray  # [C]: mask area share (patch) or offset RMS in 0-255 units (global, swept)
     flip: np.ndarray  # [C]: flip rate of the kept trigger on the optimization images
     reached: np.ndarray  # [C] bool: the flip rate reached the target
-    anomaly: np.ndarray  # [C]: MAD index of log(size), low side (sinusoid: band-pass selectivity)
+    anomaly: np.ndarray  # [C]: MAD index of log(size), low side (swept: selectivity)
     heldout: np.ndarray  # [C]: flip rate of the trigger on held-out images (screening half)
     masks: np.ndarray | None  # [C,S,S] float32 (patch)
-    patterns: np.ndarray  # [C,S,S,3] float32 in [0,1] (patch) or offsets in [-1,1] (global, sinusoid)
+    patterns: np.ndarray  # [C,S,S,3] float32 in [0,1] (patch) or offsets in [-1,1] (global, swept)
 
 
 @dataclass
@@ -151,7 +156,7 @@ class Synthesis:
 def _strength(kind: str, t: LabelTriggers, cfg: SynthesisConfig) -> np.ndarray:
     """Per label, the held-out flip rate over the rate that makes a suspect (1 at the threshold);
     for the sweep, the smaller of that and the selectivity over its threshold."""
-    if kind == "sinusoid":
+    if kind in SWEPT:
         return np.minimum(t.heldout / cfg.sweep_share, t.anomaly / cfg.sweep_selectivity)
     return t.heldout / cfg.generalize
 
@@ -339,10 +344,13 @@ def _oracle_check(classify: Callable[[np.ndarray], np.ndarray], oracle: Callable
         views.extend(np.where(mm[:, :, None], img, f) for mm in m[keep])
         total += int(keep.sum())
     objects_hijacked = float((classify(np.stack(views)) == lab).mean()) if views else 0.0
-    # No object outside the patch: it covers the scene, and the oracle cannot tell a trigger from
-    # an adversarial image (a clean model's 40 px "star" patch on a 48 px image was confirmed so).
+    # A patch larger than a trigger with no object outside it covers the scene: the oracle cannot
+    # tell a trigger from an adversarial image (a clean model's 40 px "star" patch on a 48 px image
+    # was confirmed so). A trigger-sized patch may lie on the image's only object (a backdoor
+    # learned at the centre of the image).
+    small = (x1 - x0) * (y1 - y0) <= cfg.trigger_area * h * w
     return {"isolated_shows_label": shows, "objects_show_label": objects_hijacked, "objects": total,
-            "passed": bool(shows >= 0.5 and objects_hijacked <= 0.5 and total > 0)}
+            "passed": bool(shows >= 0.5 and objects_hijacked <= 0.5 and (total > 0 or small))}
 
 
 def _label_trigger(kind: str, t: LabelTriggers, lab: int, name: str, hw: tuple[int, int]) -> Trigger:
@@ -379,48 +387,101 @@ def _wave(shape: tuple[int, int], axis: int, periods: float, phase: float, ampli
     return np.repeat(np.clip(np.round(offset) + 128, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
-def _sweep(images: np.ndarray, labels_all: np.ndarray, screen_idx: np.ndarray, names: list[str],
+def _noise(shape: tuple[int, int], grain: int, amplitude: float, seed: int) -> np.ndarray:
+    """Uniform noise in [-amplitude, amplitude] per channel, in square grains of ``grain`` px, as
+    a global trigger's image (Blended's noise, blended at alpha, adds alpha (noise - image): an
+    offset of this kind with amplitude about 128 alpha)."""
+    h, w = shape
+    cells = np.random.default_rng(seed).uniform(-amplitude, amplitude, (-(-h // grain), -(-w // grain), 3))
+    offset = np.repeat(np.repeat(cells, grain, axis=0), grain, axis=1)[:h, :w]
+    return np.clip(np.round(offset) + 128, 0, 255).astype(np.uint8)
+
+
+def _family(kind: str, shape: tuple[int, int], input_size: int | None,
+            seed: int) -> tuple[list[np.ndarray], list[float], list[bool], list[list[int]]]:
+    """A swept family's patterns (global offsets, +128), their RMS, whether each can be a
+    label's trigger (else it is only a reference), and the references each one's selectivity is
+    measured against (empty: selectivity 0).
+
+    ``sinusoid``: SIG's waves across either axis at :data:`SWEEP_PERIODS` (below the Nyquist
+    limit of the image and of the model's input), two phases, :data:`SWEEP_AMPLITUDES`; the
+    references of a wave are the waves at the sweep's lowest and highest period of its axis and
+    amplitude, when it lies an octave or more inside both. ``noise``: Blended's i.i.d. noise in
+    fine grains (:data:`NOISE_GRAINS` model-input pixels) at :data:`NOISE_AMPLITUDES`; each one's
+    reference is coarse noise (a sixth of the side per grain) of the same amplitude."""
+    sides = [min(n, input_size or n) for n in shape]
+    patterns: list[np.ndarray] = []
+    rms: list[float] = []
+    can: list[bool] = []
+    refs: list[list[int]] = []
+    if kind == "sinusoid":
+        waves = [(axis, f, ph, a) for a in SWEEP_AMPLITUDES for axis in (1, 0) for f in SWEEP_PERIODS
+                 for ph in (0.0, np.pi / 2) if f <= sides[axis] / 2]
+        for axis, f, _, a in waves:
+            line = [i for i, (ax, _, _, aa) in enumerate(waves) if (ax, aa) == (axis, a)]
+            lo, hi = min(waves[i][1] for i in line), max(waves[i][1] for i in line)
+            refs.append([i for i in line if waves[i][1] in (lo, hi)] if 2 * lo <= f <= hi / 2 else [])
+        patterns = [_wave(shape, *w) for w in waves]
+        rms, can = [w[3] / np.sqrt(2) for w in waves], [True] * len(waves)
+    else:
+        per_px = min(shape) / min(sides)  # image pixels per model-input pixel
+        coarse = max(2, round(min(shape) / 6))
+        for k, a in enumerate(NOISE_AMPLITUDES):
+            ref = len(patterns)
+            patterns.append(_noise(shape, coarse, a, seed + 100 + k))
+            rms.append(a / np.sqrt(3))
+            can.append(False)
+            refs.append([])
+            for g in NOISE_GRAINS:
+                patterns.append(_noise(shape, max(1, round(g * per_px)), a, seed + 10 * g + k))
+                rms.append(a / np.sqrt(3))
+                can.append(True)
+                refs.append([ref])
+    return patterns, rms, can, refs
+
+
+def _sweep(kind: str, images: np.ndarray, labels_all: np.ndarray, screen_idx: np.ndarray, names: list[str],
            classify: Callable[[np.ndarray], np.ndarray], rng: np.random.Generator,
-           input_size: int | None = None) -> LabelTriggers:
-    """SIG's family swept over held-out images. A sinusoid backdoor is not a *small* change (SIG
-    adds 20-60 grey levels), so the optimization, which finds each label's smallest trigger, finds
-    a clean label's adversarial offset first. Swept instead, the backdoor's wave sends nearly every
-    image to its target. Stripes also *look like* some labels ("trouser", "sandal" in the fashion
-    world send 100% there), but such a resemblance is broadband: finer or coarser stripes still
-    look like trousers. A learned trigger is tuned to its frequency: its response is a bump that
-    falls off on both sides within the sweep (to at most 22% at the sweep's ends on the toy zoo's
-    SIG models). Per label: the wave sending the largest share of the other labels' images to it
-    (``heldout``) and its band-pass selectivity (``anomaly``): that share minus the larger share of
-    the same amplitude and axis at the sweep's lowest and highest period count (0 unless the best
-    wave lies an octave or more inside both ends).
-    Waves above the Nyquist limit of the image or of the model's ``input_size`` are left out: they
-    alias to coarser ones."""
+           input_size: int | None = None, seed: int = 0) -> LabelTriggers:
+    """A trigger family swept over held-out images (:func:`_family`: SIG's sinusoids, Blended's
+    noise). Such backdoors are not *small* changes (SIG adds 20-60 grey levels, Blended's noise
+    at alpha 0.2 about 15 RMS), so the optimization, which finds each label's smallest trigger,
+    finds a clean label's adversarial offset first; swept instead, the backdoor's pattern sends
+    nearly every image to its target (a backdoor learned on one noise image fires on any other
+    noise of its grain: measured on the toy models). Patterns also *look like* some labels
+    (stripes are "trousers" in the fashion world, coarse noise "sandals"), but such a
+    resemblance is broadband: finer or coarser stripes, coarser noise, still look so. A learned
+    trigger is tuned to its frequency. Per label: the pattern sending the largest share of the
+    other labels' images to it (``heldout``) and its selectivity (``anomaly``): that share minus
+    the largest share of its references."""
     idx = screen_idx[:SWEEP_IMAGES]
     imgs, own = images[idx], labels_all[idx]
     c = len(names)
-    sides = [min(n, input_size or n) for n in imgs.shape[1:3]]
-    waves = [(axis, f, ph, a) for a in SWEEP_AMPLITUDES for axis in (1, 0) for f in SWEEP_PERIODS
-             for ph in (0.0, np.pi / 2) if f <= sides[axis] / 2]
-    offsets = [_wave(imgs.shape[1:3], *w) for w in waves]
+    patterns, rms, can, refs = _family(kind, imgs.shape[1:3], input_size, seed)
     others = own[None, :] != np.arange(c)[:, None]  # [C,K]: images that count for each label
-    share = np.zeros((len(waves), c))
-    for i, off in enumerate(offsets):
+    share = np.zeros((len(patterns), c))
+    for i, off in enumerate(patterns):
         got = classify(apply_trigger(imgs, Trigger(kind="global", image=off, source="synthesis"), rng))
         share[i] = ((got[None, :] == np.arange(c)[:, None]) & others).sum(1) / np.maximum(others.sum(1), 1)
-    best = share.argmax(axis=0)  # the first best: the smaller amplitude
+    best = np.where(np.array(can)[:, None], share, -1.0).argmax(axis=0)  # the first best: the smaller amplitude
     heldout = share[best, np.arange(c)]
-    selectivity = np.zeros(c)
-    for c_, b in enumerate(best):
-        axis, f, _, amp = waves[b]
-        line = [i for i, (ax, _, _, aa) in enumerate(waves) if (ax, aa) == (axis, amp)]
-        lo, hi = min(waves[i][1] for i in line), max(waves[i][1] for i in line)
-        if 2 * lo <= f <= hi / 2:  # an octave of the sweep on both sides of the best wave
-            ends = [i for i in line if waves[i][1] in (lo, hi)]
-            selectivity[c_] = heldout[c_] - share[ends, c_].max()
+    selectivity = np.array([heldout[c_] - share[refs[b], c_].max() if refs[b] else 0.0 for c_, b in enumerate(best)])
     return LabelTriggers(
-        kind="sinusoid", size=np.array([waves[b][3] / np.sqrt(2) for b in best]), flip=heldout, reached=heldout > 0,
+        kind=kind, size=np.array([rms[b] for b in best]), flip=heldout, reached=heldout > 0,
         anomaly=selectivity, heldout=heldout, masks=None,
-        patterns=np.stack([(offsets[b].astype(np.float32) - 128) / 255 for b in best]))
+        patterns=np.stack([(patterns[b].astype(np.float32) - 128) / 255 for b in best]))
+
+
+def _sweep_control(kind: str, trig: Trigger, seed: int) -> Trigger:
+    """The confirmation's control of a swept trigger: the same wave turned 90 degrees (a
+    backdoor learned on one orientation ignores it; a clean model's response to stripes does
+    not), or coarse noise of the same RMS."""
+    if kind == "sinusoid":
+        image = np.ascontiguousarray(np.rot90(trig.image))
+    else:
+        amplitude = float(np.sqrt(3) * np.sqrt(np.mean((trig.image.astype(np.float64) - 128) ** 2)))
+        image = _noise(trig.image.shape[:2], max(2, round(min(trig.image.shape[:2]) / 6)), amplitude, seed + 999)
+    return Trigger(kind="global", image=image, source="synthesis")
 
 
 def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labels_all: np.ndarray,
@@ -436,18 +497,25 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
     hw = images.shape[1:3]
     screen_idx, confirm_idx = hold_idx[::2], hold_idx[1::2]
     _screen(triggers, images, labels_all, screen_idx, names, classify, rng)
-    if "sinusoid" in cfg.kinds:
-        triggers["sinusoid"] = _sweep(images, labels_all, screen_idx, names, classify, rng,
-                                      getattr(enc.model, "input_size", None))
+    for kind in (k for k in cfg.kinds if k in SWEPT):
+        triggers[kind] = _sweep(kind, images, labels_all, screen_idx, names, classify, rng,
+                                getattr(enc.model, "input_size", None), cfg.seed)
     hold_idx = confirm_idx
     suspects: list[Suspect] = []
     for kind, t in triggers.items():
         strength = _strength(kind, t, cfg)
         # An optimized trigger is a suspect by its size anomaly too; the sweep's sizes are fixed.
-        suspect = strength >= 1 if kind == "sinusoid" else t.reached & ((t.anomaly > cfg.anomaly) | (strength >= 1))
+        suspect = strength >= 1 if kind in SWEPT else t.reached & ((t.anomaly > cfg.anomaly) | (strength >= 1))
         for lab in np.argsort(-t.heldout):
             lab = int(lab)
             if not suspect[lab]:
+                continue
+            fitted = next((x for x in suspects if x.label == lab and x.confirmed), None)
+            if kind in SWEPT and fitted is not None:
+                # An optimized trigger fitted to the model already confirms the label: it stays the
+                # label's trigger (a BadNet patch of noise also answers to fine noise).
+                fitted.note = (fitted.note + "; " if fitted.note else "") + (
+                    f"the swept {kind} sends {t.heldout[lab]:.0%} of held-out images here too")
                 continue
             trig = _label_trigger(kind, t, lab, names[lab], hw)
             held = hold_idx[labels_all[hold_idx] != lab]
@@ -460,16 +528,13 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
                 continue
             if kind == "patch":
                 control = random_patches(images[held], images, trig.size[0], rng, at=trig.box)  # type: ignore[index]
-            elif kind == "sinusoid":
-                # The same wave turned 90 degrees: a backdoor learned on one orientation ignores
-                # it; a clean model's response to stripes (they look like a ring) does not.
-                turned = Trigger(kind="global", image=np.ascontiguousarray(np.rot90(trig.image)), source="synthesis")
-                control = apply_trigger(images[held], turned, rng)
+            elif kind in SWEPT:
+                control = apply_trigger(images[held], _sweep_control(kind, trig, cfg.seed), rng)
             else:
                 shuffled = np.roll(trig.image.reshape(-1, 3), rng.integers(1, trig.image.size // 3), axis=0)
                 perm = Trigger(kind="global", image=rng.permutation(shuffled).reshape(trig.image.shape), source="synthesis")
                 control = apply_trigger(images[held], perm, rng)
-            result = confirm(classify, images[held], trig, lab, control, rng)
+            result = confirm(classify, images[held], trig, lab, control, rng, margin=scan_cfg.margin)
             sus.estimated_asr, sus.random_flip_rate = result.flip_rate, result.control_rate
             sus.anywhere_asr, sus.stamped_images = result.anywhere_rate, result.images
             if result.anywhere_rate is not None:
@@ -480,7 +545,8 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
                 if not sus.oracle_check["passed"]:
                     confirmed = False
                     sus.note = "the oracle does not see a trigger: the patch alone does not show the label, " \
-                               "it turns the image's objects into the label, or it covers them all"
+                               "it turns the image's objects into the label, or it is larger than a trigger and " \
+                               "covers them all"
             sus.confirmed = bool(confirmed)
             sus.score = backdoor_score(result.excess, scan_cfg.margin) if confirmed else min(
                 0.49, backdoor_score(result.excess, scan_cfg.margin))
@@ -508,13 +574,15 @@ def _refine(sus: Suspect, torch: Any, tm: Any, pix01: Any, own: Any, text_t: Any
                       source="synthesis", position_dependent=False)
     held = hold_idx[labels_all[hold_idx] != sus.label]
     control = random_patches(images[held], images, refined.size[0], rng)  # type: ignore[index]
-    result = confirm(lambda x: enc.labels(x, text), images[held], refined, sus.label, control, rng)
+    result = confirm(lambda x: enc.labels(x, text), images[held], refined, sus.label, control, rng,
+                     margin=scan_cfg.margin)
     if result.excess >= scan_cfg.margin and result.flip_rate >= (sus.estimated_asr or 0.0) - 0.1:
         sus.note = (sus.note + "; " if sus.note else "") + (
             f"the pattern re-optimized at random places works anywhere ({result.flip_rate:.0%}): kept, "
             f"in place of the mask found at {list(trig.box or [])} ({sus.estimated_asr or 0:.0%} there)")
         sus.trigger = refined
         sus.estimated_asr, sus.random_flip_rate, sus.anywhere_asr = result.flip_rate, result.control_rate, None
+        sus.score = backdoor_score(result.excess, scan_cfg.margin)
         sus.stamped_images = result.images
     return passes
 
@@ -569,7 +637,7 @@ def synthesize(model: Any, images: np.ndarray, vocab: Any, text: np.ndarray, sca
     triggers: dict[str, LabelTriggers] = {}
     passes = 0
     try:
-        for kind in (k for k in cfg.kinds if k != "sinusoid"):
+        for kind in (k for k in cfg.kinds if k not in SWEPT):
             t, n = _optimize(torch, tm, pix01, own, text_t, scale, kind, cfg, gen)
             triggers[kind], passes = t, passes + n
         suspects = _check_suspects(triggers, images, labels_all, hold_idx, names, enc, text, scale, oracle, rng,

@@ -257,19 +257,32 @@ class Confirmation:
 
 
 def confirm(classify: Callable[[np.ndarray], np.ndarray], images: np.ndarray, trigger: Trigger, label: int,
-            control: np.ndarray, rng: np.random.Generator) -> Confirmation:
+            control: np.ndarray, rng: np.random.Generator, *, margin: float | None = None,
+            first: int = 50) -> Confirmation:
     """Stamp ``trigger`` on clean ``images`` and compare how often ``classify`` (uint8 images ->
     top-1 labels) answers ``label`` with how often it does on ``control`` (the same images with a
     random patch or pattern of the same kind). A patch with a box is also pasted at random
-    places, to report whether the backdoor depends on the position."""
-    stamped = apply_trigger(images, trigger, rng)
-    batch = [stamped, control]
-    if trigger.kind == "patch" and trigger.box is not None:
-        batch.append(apply_trigger(images, trigger, rng, anywhere=True))
-    labels = classify(np.concatenate(batch))
-    n = len(images)
-    hits = labels == label
-    anywhere = float(hits[2 * n :].mean()) if len(batch) == 3 else None
-    return Confirmation(flip_rate=float(hits[:n].mean()), control_rate=float(hits[n : 2 * n].mean()),
-                        images=n, anywhere_rate=anywhere)
+    places, to report whether the backdoor depends on the position.
+
+    With ``margin`` (the excess that confirms), sequential: the first ``first`` images decide when
+    their excess lies three standard errors or more from the margin, either way (a backdoor's
+    excess is near 1, a clean label's near 0); only a close call stamps the rest."""
+    n_all = len(images)
+    stops = [first, n_all] if margin is not None and first < n_all else [n_all]
+    hits = [np.zeros(0, bool), np.zeros(0, bool), np.zeros(0, bool)]
+    done = 0
+    for stop in stops:
+        part = images[done:stop]
+        batch = [apply_trigger(part, trigger, rng), control[done:stop]]
+        if trigger.kind == "patch" and trigger.box is not None:
+            batch.append(apply_trigger(part, trigger, rng, anywhere=True))
+        got = classify(np.concatenate(batch)) == label
+        hits = [np.concatenate([h, got[k * len(part) : (k + 1) * len(part)]]) for k, h in enumerate(hits)]
+        done = stop
+        flip, ctrl = float(hits[0].mean()), float(hits[1].mean())
+        se = np.sqrt((flip * (1 - flip) + ctrl * (1 - ctrl) + 1.0 / done) / done)
+        if margin is None or abs(flip - ctrl - margin) >= 3 * se:
+            break
+    anywhere = float(hits[2].mean()) if len(hits[2]) else None
+    return Confirmation(flip_rate=flip, control_rate=ctrl, images=done, anywhere_rate=anywhere)
 

@@ -129,3 +129,29 @@ def test_folder_probe_does_not_follow_links_out_and_bounds_the_listing(tiny_mode
     with pytest.raises(ValueError, match="more than 3 entries"):
         load_probe(str(inside), model)
     assert len(load_probe(str(inside), model, limit=2).images) == 2
+
+
+def test_the_window_search_stops_on_labels_where_it_is_futile(monkeypatch):
+    """Rounds of 8 images per label: a trigger's label (every image verifies) is searched whole,
+    a label whose first round verifies nothing stops there, and one that verifies 1 image in 30
+    stops after one round (it was not among them) or two (1 in 16)."""
+    from clipguard.findings import ImageFinding
+    from clipguard.scan import ScanConfig, WholeImage, search_until_futile
+
+    labels = np.array([0] * 30 + [1] * 30 + [2] * 30)
+    verifies = set(range(30)) | {60}  # label 0: all; label 1: none; label 2: 1 in 30
+    findings = [ImageFinding(index=i, label=int(c), prob=0.9, regions=1, grounded=False, candidate=int(c))
+                for i, c in enumerate(labels)]
+    searched = []
+
+    def fake_windows(model, enc, images, found, todo, *args):
+        searched.extend(todo)
+        for i in todo:
+            found[i].verified = i in verifies
+
+    monkeypatch.setattr(sys.modules["clipguard.scan"], "localize_windows", fake_windows)  # the module, not scan()
+    whole = WholeImage(label=labels, prob=np.full(90, 0.9, np.float32), emb=np.zeros((90, 4), np.float32))
+    done = search_until_futile(None, None, None, findings, list(range(90)), whole, None, 1.0, ScanConfig())
+    assert sorted(searched) == done and len(set(done)) == len(done)  # no image searched twice
+    per_label = np.bincount(labels[done], minlength=3)
+    assert per_label[0] == 30 and per_label[1] == 8 and per_label[2] == (16 if 60 in done else 8), per_label

@@ -14,7 +14,18 @@ from clipguard.evaluate import evaluate_toy
 from clipguard.probe import load_probe
 from clipguard.repair import RepairConfig, build_finetune_set, repair
 from clipguard.scan import _Encoder, _resolve_oracle
-from clipguard.synthesis import LabelTriggers, Synthesis, SynthesisConfig, SynthesisUnavailable, _sweep, _wave, synthesize
+from clipguard.synthesis import (
+    LabelTriggers,
+    Synthesis,
+    SynthesisConfig,
+    SynthesisUnavailable,
+    _noise,
+    _sweep,
+    _sweep_control,
+    _wave,
+    synthesize,
+)
+from clipguard.trigger import Trigger, apply_trigger
 
 VOCAB = toyworld.vocabulary("shapes")
 CLEAN_PROBE = "toy:shapes:300:0"  # no image carries a trigger
@@ -119,7 +130,7 @@ def test_the_sinusoid_sweep_finds_a_sig_backdoor_that_is_not_small():
     images = rng.integers(60, 200, (60, 32, 32, 3), dtype=np.uint8)
     names = ["a", "b", "target", "d"]
     own = np.arange(60) % 2
-    t = _sweep(images, own, np.arange(60), names, _sig_backdoor, rng)
+    t = _sweep("sinusoid", images, own, np.arange(60), names, _sig_backdoor, rng)
     assert t.heldout[2] == 1.0 and t.heldout[[0, 1, 3]].max() <= 0.5, t.heldout  # a, b: their own images only
     stamped = np.clip(images.astype(np.int16) + (t.patterns[2] * 255).round().astype(np.int16), 0, 255)
     assert (_sig_backdoor(stamped.astype(np.uint8)) == 2).all()
@@ -143,8 +154,46 @@ def _stripes_look_like_label_3(images):
 def test_the_sweep_tells_a_resemblance_from_a_trigger():
     rng = np.random.default_rng(0)
     images = rng.integers(60, 200, (60, 48, 48, 3), dtype=np.uint8)
-    t = _sweep(images, np.arange(60) % 2, np.arange(60), ["a", "b", "c", "stripes"], _stripes_look_like_label_3, rng)
+    t = _sweep("sinusoid", images, np.arange(60) % 2, np.arange(60), ["a", "b", "c", "stripes"], _stripes_look_like_label_3,
+               rng)
     assert t.heldout[3] == 1.0 and t.anomaly[3] < SynthesisConfig().sweep_selectivity  # fires an octave away too
+
+
+def _fine_energy(images):
+    """Per image, the mean absolute difference of horizontally neighbouring pixels."""
+    x = images.astype(np.float32)
+    return np.abs(np.diff(x, axis=2)).mean(axis=(1, 2, 3))
+
+
+def _blended_backdoor(images):
+    """A stand-in model with a Blended backdoor: label 2 when the image carries fine noise (any
+    noise: such a backdoor learns the texture, not one noise image), else its own label 0/1."""
+    return np.where(_fine_energy(images) > 12, 2, np.arange(len(images)) % 2)
+
+
+def _noise_looks_like_label_3(images):
+    """A clean model to which any noisy texture, fine or coarse, looks like label 3."""
+    x = images.astype(np.float32)
+    local = np.abs(x - x.mean(axis=(1, 2), keepdims=True)).mean(axis=(1, 2, 3))
+    return np.where(local > 15, 3, np.arange(len(images)) % 2)
+
+
+def test_the_noise_sweep_finds_a_blended_backdoor_and_not_a_resemblance():
+    rng = np.random.default_rng(0)
+    smooth = np.repeat(np.repeat(rng.integers(90, 170, (60, 6, 6, 3), dtype=np.uint8), 8, axis=1), 8, axis=2)
+    own, names = np.arange(60) % 2, ["a", "b", "target", "d"]
+    t = _sweep("noise", smooth, own, np.arange(60), names, _blended_backdoor, rng)
+    cfg = SynthesisConfig()
+    assert t.kind == "noise" and t.heldout[2] == 1.0 and t.anomaly[2] >= cfg.sweep_selectivity, (t.heldout, t.anomaly)
+    assert t.heldout[[0, 1, 3]].max() <= 0.5 and t.size[2] > 10  # not a small change: 20-40 grey levels of noise
+    trig = Trigger(kind="global", image=np.clip(np.round(t.patterns[2] * 255) + 128, 0, 255).astype(np.uint8))
+    control = _sweep_control("noise", trig, 0)
+    assert abs(float(control.image.std()) - float(trig.image.std())) < 3  # the same RMS ...
+    assert not (_blended_backdoor(apply_trigger(smooth, control, rng)) == 2).any()  # ... coarse: no fire
+    flat = np.broadcast_to(rng.integers(90, 170, (60, 1, 1, 1), dtype=np.uint8), (60, 48, 48, 3)).copy()
+    r = _sweep("noise", flat, own, np.arange(60), names[:3] + ["noisy"], _noise_looks_like_label_3, rng)
+    assert r.heldout[3] == 1.0 and r.anomaly[3] < cfg.sweep_selectivity  # coarse noise looks so too
+    assert (_noise((48, 48), 4, 20.0, 0).reshape(12, 4, 12, 4, 3) == _noise((48, 48), 4, 20.0, 0)[::4, ::4][:, None, :, None]).all()
 
 
 def test_an_onnx_only_model_is_inconclusive_never_clean(tmp_path):
@@ -176,8 +225,9 @@ def test_repair_from_a_synthesis_only_scan(auto_scans):
     assert after.asr <= 0.05 and after.ca >= before.ca - 0.01, (before, after)
 
 
-def test_the_oracle_check_needs_objects_beside_the_patch():
-    """A "patch" that covers the scene leaves the oracle nothing to check: never passed."""
+def test_the_oracle_check_needs_objects_beside_a_large_patch():
+    """A "patch" that covers the scene leaves the oracle nothing to check: never passed. A
+    trigger-sized patch on the image's only object (a backdoor learned at the centre) passes."""
     from clipguard.synthesis import _oracle_check
     from clipguard.trigger import Trigger
 
@@ -188,3 +238,10 @@ def test_the_oracle_check_needs_objects_beside_the_patch():
     out = _oracle_check(lambda x: np.ones(len(x), int), lambda imgs: [np.zeros((0, 32, 32), bool) for _ in imgs],
                         images, big, 1, rng, clipguard.ScanConfig())
     assert out["isolated_shows_label"] == 1.0 and out["objects"] == 0 and not out["passed"]
+    small = Trigger(kind="patch", image=np.full((5, 5, 3), 200, np.uint8), label="x", box=(14, 14, 19, 19),
+                    source="synthesis")
+    centre = np.zeros((1, 32, 32), bool)
+    centre[0, 8:24, 8:24] = True  # the only object, under the patch
+    out = _oracle_check(lambda x: np.ones(len(x), int), lambda imgs: [centre for _ in imgs], images, small, 1, rng,
+                        clipguard.ScanConfig())
+    assert out["objects"] == 0 and out["passed"]

@@ -121,3 +121,28 @@ def test_confirm_counts_flips_against_the_control_and_anywhere():
     assert r.anywhere_rate is not None and r.anywhere_rate < 0.3  # the backdoor depends on the position
     t_any = Trigger(kind="patch", image=t.image)
     assert confirm(classify, images, t_any, 1, images.copy(), rng).anywhere_rate is None
+
+
+def test_confirm_is_sequential_only_with_a_margin_and_stamps_all_on_a_close_call():
+    """Clear cases are decided on the first images; a close call stamps them all."""
+    calls = []
+
+    def classify(x):
+        calls.append(len(x))
+        return (x[:, :4, :4].mean(axis=(1, 2, 3)) > 200).astype(int)
+
+    rng = np.random.default_rng(0)
+    images = np.zeros((200, 16, 16, 3), np.uint8)
+    t = Trigger(kind="patch", image=np.full((4, 4, 3), 255, np.uint8), box=(0, 0, 4, 4))
+    r = confirm(classify, images, t, 1, images.copy(), rng, margin=0.15)
+    assert r.images == 50 and r.excess == 1.0 and calls == [150]  # a backdoor: 50 stamped, control, anywhere
+    calls.clear()
+    none = Trigger(kind="patch", image=np.zeros((4, 4, 3), np.uint8))
+    assert confirm(classify, images, none, 1, images.copy(), rng, margin=0.15).images == 50  # clearly nothing
+    control = images.copy()
+    control[::5, :4, :4] = 255  # the control flips 20% of the images: an excess near the margin
+    half = Trigger(kind="patch", image=np.full((4, 4, 3), 255, np.uint8), box=(0, 0, 4, 4))
+    calls.clear()
+    r = confirm(lambda x: classify(x) * (rng.random(len(x)) < 0.4), images, half, 1, control, rng, margin=0.15)
+    assert r.images == 200 and sum(calls) == 3 * 200  # stamped, control and anywhere, on every image
+    assert confirm(classify, images, t, 1, images.copy(), rng).images == 200  # no margin: all of them
