@@ -397,6 +397,11 @@ def _noise(shape: tuple[int, int], grain: int, amplitude: float, seed: int) -> n
     return np.clip(np.round(offset) + 128, 0, 255).astype(np.uint8)
 
 
+def _coarse_grain(shape: tuple[int, ...]) -> int:
+    """The grain of the noise sweep's reference and control: a sixth of the image side."""
+    return max(2, round(min(shape) / 6))
+
+
 def _family(kind: str, shape: tuple[int, int], input_size: int | None,
             seed: int) -> tuple[list[np.ndarray], list[float], list[bool], list[list[int]]]:
     """A swept family's patterns (global offsets, +128), their RMS, whether each can be a
@@ -425,7 +430,7 @@ def _family(kind: str, shape: tuple[int, int], input_size: int | None,
         rms, can = [w[3] / np.sqrt(2) for w in waves], [True] * len(waves)
     else:
         per_px = min(shape) / min(sides)  # image pixels per model-input pixel
-        coarse = max(2, round(min(shape) / 6))
+        coarse = _coarse_grain(shape)
         for k, a in enumerate(NOISE_AMPLITUDES):
             ref = len(patterns)
             patterns.append(_noise(shape, coarse, a, seed + 100 + k))
@@ -480,7 +485,7 @@ def _sweep_control(kind: str, trig: Trigger, seed: int) -> Trigger:
         image = np.ascontiguousarray(np.rot90(trig.image))
     else:
         amplitude = float(np.sqrt(3) * np.sqrt(np.mean((trig.image.astype(np.float64) - 128) ** 2)))
-        image = _noise(trig.image.shape[:2], max(2, round(min(trig.image.shape[:2]) / 6)), amplitude, seed + 999)
+        image = _noise(trig.image.shape[:2], _coarse_grain(trig.image.shape[:2]), amplitude, seed + 999)
     return Trigger(kind="global", image=image, source="synthesis")
 
 
