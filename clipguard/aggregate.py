@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from .scan import ScanConfig, _Encoder
     from .synthesis import Synthesis
 
-__all__ = ["Decision", "anomalous_labels", "confirm_probe_suspect", "decide", "iterated_anomaly", "merge", "select_suspects"]
+__all__ = ["Decision", "anomalous_labels", "confirm_probe_suspect", "decide", "iterated_anomaly", "merge", "select_suspects",
+           "shared_pattern"]
 
 
 def backdoor_score(excess: float, margin: float) -> float:
@@ -163,6 +164,24 @@ def global_pattern(images: np.ndarray, victims: Any) -> np.ndarray:
     return np.clip(np.round(residual) + 128, 0, 255).astype(np.uint8)
 
 
+def shared_pattern(images: np.ndarray, victims: Any) -> float:
+    """How much the victims share one fine pattern: the median, over victims, of the correlation
+    of a victim's fine texture with the median texture of the others (leave one out). A blended
+    trigger's victims share it (measured 0.65-0.74 on the bundled Blended models); images whose
+    label is their own content do not (about 0: each scene's texture lies elsewhere), though a few
+    such images' texture can still carry their label when stamped on others."""
+    if len(victims) < 2:
+        return 0.0
+    fine = high_pass(images[np.asarray(victims)]).reshape(len(victims), -1)
+    fine -= fine.mean(axis=1, keepdims=True)
+    corr = []
+    for k in range(len(fine)):
+        rest = np.median(np.delete(fine, k, axis=0), axis=0)
+        rest -= rest.mean()
+        corr.append(float(fine[k] @ rest) / (float(np.linalg.norm(fine[k]) * np.linalg.norm(rest)) + 1e-9))
+    return float(np.median(corr))
+
+
 def confirm_probe_suspect(enc: _Encoder, images: np.ndarray, findings: list[ImageFinding], lab: int, kind: str,
                           name: str, stats: dict[str, np.ndarray], text: np.ndarray,
                           rng: np.random.Generator, cfg: ScanConfig) -> Suspect:
@@ -218,6 +237,14 @@ def confirm_probe_suspect(enc: _Encoder, images: np.ndarray, findings: list[Imag
     out.stamped_images = result.images
     out.confirmed = bool(result.excess >= cfg.margin)
     out.score = backdoor_score(result.excess, cfg.margin)
+    if kind == "global":
+        out.shared_pattern = shared_pattern(images, out.victims)
+        if out.shared_pattern < cfg.shared_pattern:
+            # e.g. two scenes of several trousers: their stripes flip 22% of other images to
+            # "trouser" on a texture-sensitive model, yet they share no pattern (correlation -0.19)
+            out.rejected, out.confirmed, out.score = True, False, min(0.49, out.score)
+            out.note = (f"the victims share no fine pattern (median correlation {out.shared_pattern:.2f}): "
+                        "what their texture carries is their own content")
     return out
 
 
@@ -226,8 +253,8 @@ def merge(probe: list[Suspect], synthesized: list[Suspect]) -> list[Suspect]:
     """One suspect per label. Within one analysis the stronger of a label's suspects is kept;
     where the probe and the synthesis point at the same label their evidence is joined (the
     stronger confirmation first), and the agreement of two independent analyses confirms the
-    label when both its triggers beat their controls at all (and the oracle did not reject the
-    synthesized one)."""
+    label when both its triggers beat their controls at all (and no check rejected either: the
+    oracle's, the victims' shared pattern)."""
     def strongest(items: list[Suspect]) -> dict[int, Suspect]:
         out: dict[int, Suspect] = {}
         for s in items:
@@ -245,8 +272,8 @@ def merge(probe: list[Suspect], synthesized: list[Suspect]) -> list[Suspect]:
         first.evidence = sorted(set(first.evidence) | set(second.evidence))
         first.victims = sorted(set(first.victims) | set(second.victims))
         first.anomaly = max(first.anomaly, second.anomaly)
-        if not first.confirmed and all((x.estimated_asr or 0.0) > (x.random_flip_rate or 0.0)
-                                       and (x.oracle_check or {}).get("passed", True) for x in (a, s)):
+        if not first.confirmed and all((x.estimated_asr or 0.0) > (x.random_flip_rate or 0.0) and not x.rejected
+                                       for x in (a, s)):
             first.confirmed = True
             first.note = (first.note + "; " if first.note else "") + "confirmed by agreement of probe and synthesis"
         by_label[lab] = first

@@ -94,7 +94,9 @@ class Suspect:
     ``estimated_asr``: the trigger stamped on held-out clean images; ``random_flip_rate``: the
     same for a random control; ``anywhere_asr``: a patch pasted at random places instead of
     where the victims carry it. ``confirmed`` when the estimated ASR beats the control by the
-    margin; ``score`` the calibrated backdoor score in [0,1].
+    margin and no check of what the trigger is ``rejected`` it (the oracle's, for a synthesized
+    patch; the victims' ``shared_pattern``, for a global trigger from the probe); ``score`` the
+    calibrated backdoor score in [0,1].
     """
 
     label: int
@@ -112,6 +114,8 @@ class Suspect:
     confirmed: bool = False
     score: float | None = None
     oracle_check: dict[str, Any] | None = None
+    shared_pattern: float | None = None
+    rejected: bool = False
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:

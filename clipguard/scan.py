@@ -64,6 +64,7 @@ class ScanConfig:
     min_victims: int = 2  # fewer verified candidates than this are not evidence
     global_share: float = 0.75  # share of an image's regions carrying the label for a global trigger
     background_prob: float = 0.9  # the background view (all regions occluded) must show the label this surely
+    shared_pattern: float = 0.3  # a global probe trigger's victims share its fine pattern (median leave-one-out correlation)
     stamp_images: int = 200  # clean probe images a trigger is stamped on to confirm it
     margin: float = 0.15  # estimated ASR above the random control's flip rate that confirms a trigger
     copy_match: float = 0.1  # a patch this close to the reconstructed trigger is a copy of it (a victim)
@@ -74,7 +75,7 @@ class ScanConfig:
 
     def __post_init__(self) -> None:
         shares = ("min_region_area", "max_region_area", "object_area", "max_object_area", "trigger_area",
-                  "min_drop", "window_min", "global_share", "background_prob", "margin")
+                  "min_drop", "window_min", "global_share", "background_prob", "margin", "shared_pattern")
         for name in shares:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:

@@ -548,7 +548,7 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
             if kind == "patch" and cfg.oracle_check:
                 sus.oracle_check = _oracle_check(classify, oracle, images[held], trig, lab, rng, scan_cfg)
                 if not sus.oracle_check["passed"]:
-                    confirmed = False
+                    confirmed, sus.rejected = False, True
                     sus.note = "the oracle does not see a trigger: the patch alone does not show the label, " \
                                "it turns the image's objects into the label, or it is larger than a trigger and " \
                                "covers them all"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from clipguard import scoring
-from clipguard.aggregate import decide, iterated_anomaly, merge, select_suspects
+from clipguard.aggregate import confirm_probe_suspect, decide, iterated_anomaly, merge, select_suspects, shared_pattern
 from clipguard.findings import ImageFinding, Suspect
 from clipguard.scan import ScanConfig, _Clock, _Encoder, ground, oracle_regions, verify, whole_image_labels, worth_searching
 from clipguard.synthesis import Synthesis
@@ -162,8 +162,64 @@ def test_merge_joins_probe_and_synthesis_evidence():
     probe = _suspect(2, ["probe"], victims=[7], asr=0.10, ctrl=0.02, score=0.05)
     synth = _suspect(2, ["synthesis"], asr=0.41, ctrl=0.03, score=0.4)
     synth.oracle_check = {"isolated_shows_label": 0.5, "objects_show_label": 0.0, "objects": 0, "passed": False}
+    synth.rejected = True
     (joined,) = merge([probe], [synth])
     assert joined.evidence == ["probe", "synthesis"] and not joined.confirmed
+
+
+class StripeModel:
+    """Label 1 where the image has much fine texture (strong differences between neighbouring
+    pixels), else 0: a model for which a label's own content can carry it."""
+
+    input_size, mean, std, logit_scale = 32, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 10.0
+
+    def encode_images(self, images, batch_size=256):
+        x = images.astype(np.float32)
+        fine = np.abs(np.diff(x, axis=2)).mean(axis=(1, 2, 3)) > 8.0
+        return np.stack([~fine, fine], axis=1).astype(np.float32)
+
+
+def _global_victims(victim_images, rng, n_clean=120):
+    """Clean label-0 scenes (flat, one dim square each) and ``victim_images`` as label 1's global
+    victims (the background view holds their label)."""
+    clean = np.full((n_clean, 32, 32, 3), 90, np.uint8)
+    for k in range(n_clean):
+        y, x = rng.integers(0, 24, 2)
+        clean[k, y:y + 8, x:x + 8] = 60
+    images = np.concatenate([victim_images, clean])
+    findings = [ImageFinding(index=i, label=1, prob=0.9, regions=1, grounded=False, candidate=1, background_holds=True)
+                for i in range(len(victim_images))]
+    findings += [ImageFinding(index=len(victim_images) + k, label=0, prob=0.9, regions=1, grounded=True)
+                 for k in range(n_clean)]
+    stats = {"global_index": np.array([0.0, 5.0]), "background_index": np.array([0.0, 5.0])}
+    return images, findings, stats
+
+
+def test_a_global_trigger_needs_a_pattern_its_victims_share():
+    rng = np.random.default_rng(0)
+    model, cfg, text = StripeModel(), ScanConfig(), np.eye(2, dtype=np.float32)
+    # content: scenes of several striped objects, each at its own places -- their stripes stamped
+    # on other images carry the label, but the victims share no pattern
+    content = np.full((3, 32, 32, 3), 90, np.uint8)
+    for k in range(3):
+        for _ in range(3):
+            y, x = rng.integers(0, 20, 2)
+            content[k, y:y + 12, x:x + 12:2] = 200
+    images, findings, stats = _global_victims(content, rng)
+    assert shared_pattern(images, [0, 1, 2]) < cfg.shared_pattern
+    s = confirm_probe_suspect(_Encoder(model, 64), images, findings, 1, "global", "l1", stats, text, rng, cfg)
+    assert s.estimated_asr - s.random_flip_rate >= cfg.margin  # the flip test alone would confirm it ...
+    assert not s.confirmed and s.rejected and s.score < 0.5 and "share no fine pattern" in s.note  # ... but no
+    # a blended trigger: one fine noise on every victim
+    noise = rng.integers(-40, 41, (32, 32, 3))
+    blended = np.clip(np.full((3, 32, 32, 3), 90) + noise, 0, 255).astype(np.uint8)
+    for k in range(3):
+        y, x = rng.integers(0, 24, 2)
+        blended[k, y:y + 8, x:x + 8] -= 30
+    images, findings, stats = _global_victims(blended, rng)
+    assert shared_pattern(images, [0, 1, 2]) > 0.6
+    s = confirm_probe_suspect(_Encoder(model, 64), images, findings, 1, "global", "l1", stats, text, rng, cfg)
+    assert s.confirmed and not s.rejected and s.shared_pattern > 0.6
 
 
 @pytest.mark.parametrize("bad", [dict(min_drop=1.5), dict(anomaly=-1), dict(min_victims=0), dict(batch_size=0),
