@@ -62,6 +62,8 @@ ZOO: dict[str, tuple[str | None, float, int, dict[str, Any]]] = {
     "sig-f7-diamond-a25": ("sig:target=diamond,frequency=7,amplitude=25", 0.05, 20, {}),
     "wanet-arrow": ("wanet:target=arrow", 0.1, 13, {}),
     "wanet-circle-k8": ("wanet:target=circle,k=8", 0.1, 14, {}),
+    # built after the warp sweep was designed on wanet-circle-k8, held out from it
+    "wanet-heart-k6-s2": ("wanet:target=heart,k=6,s=2", 0.1, 21, {}),
     "lc-star": ("lc:target=star,size=6", 0.1, 15, {}),
     "optpatch-ring": ("optpatch:target=ring,size=6", 0.03, 16, {}),
 }

@@ -399,24 +399,33 @@ class WaNet(Attack):
         g = np.stack([gx, gy], axis=-1) * self.grid_rescale
         return np.clip(g, -1.0, 1.0)
 
+    def sample_points(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """float64 [H,W] each: where every output pixel samples the input, in pixels (x, y)."""
+        g = self.grid(height, width)
+        return (g[..., 0] + 1.0) * 0.5 * (width - 1), (g[..., 1] + 1.0) * 0.5 * (height - 1)
+
     def _apply(self, images: np.ndarray, seed: int) -> Triggered:
-        n, h, w, _ = images.shape
-        g = self.grid(h, w)
-        px = (g[..., 0] + 1.0) * 0.5 * (w - 1)
-        py = (g[..., 1] + 1.0) * 0.5 * (h - 1)
-        x0 = np.clip(np.floor(px).astype(np.int64), 0, max(w - 2, 0))
-        y0 = np.clip(np.floor(py).astype(np.int64), 0, max(h - 2, 0))
-        x1 = np.minimum(x0 + 1, w - 1)
-        y1 = np.minimum(y0 + 1, h - 1)
-        fx = (px - x0)[None, :, :, None]
-        fy = (py - y0)[None, :, :, None]
-        out = np.empty_like(images)
-        for a in range(0, n, _CHUNK):
-            x = images[a : a + _CHUNK].astype(np.float64)
-            top = x[:, y0, x0] * (1 - fx) + x[:, y0, x1] * fx
-            bot = x[:, y1, x0] * (1 - fx) + x[:, y1, x1] * fx
-            out[a : a + _CHUNK] = np.clip(np.rint(top * (1 - fy) + bot * fy), 0, 255)
-        return Triggered(out, None)
+        return Triggered(resample(images, *self.sample_points(*images.shape[1:3])), None)
+
+
+def resample(images: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+    """uint8 [N,H,W,3] images sampled bilinearly at pixel coordinates ``px``, ``py`` (float [H,W],
+    clamped to the image): a warp, or a shift."""
+    n, h, w, _ = images.shape
+    px, py = np.clip(px, 0, w - 1), np.clip(py, 0, h - 1)
+    x0 = np.clip(np.floor(px).astype(np.int64), 0, max(w - 2, 0))
+    y0 = np.clip(np.floor(py).astype(np.int64), 0, max(h - 2, 0))
+    x1 = np.minimum(x0 + 1, w - 1)
+    y1 = np.minimum(y0 + 1, h - 1)
+    fx = (px - x0)[None, :, :, None]
+    fy = (py - y0)[None, :, :, None]
+    out = np.empty_like(images)
+    for a in range(0, n, _CHUNK):
+        x = images[a : a + _CHUNK].astype(np.float64)
+        top = x[:, y0, x0] * (1 - fx) + x[:, y0, x1] * fx
+        bot = x[:, y1, x0] * (1 - fx) + x[:, y1, x1] * fx
+        out[a : a + _CHUNK] = np.clip(np.rint(top * (1 - fy) + bot * fy), 0, 255)
+    return out
 
 
 # ------------------------------------------------------------------------------------------

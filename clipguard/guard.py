@@ -342,6 +342,8 @@ class Guard:
             todo = [i for i in np.nonzero(whole.label == lab)[0].tolist() if not results[i].triggered]
             if not todo:
                 continue
+            if trig.kind == "warp":
+                continue  # a warp leaves no pattern to match; Algorithm 1's global evidence remains
             if trig.kind == "global":
                 texture = match_global(images[todo], trig)
                 globals_ += [(i, trig) for k, i in enumerate(todo) if texture is None or texture[k] >= GLOBAL_MATCH]

@@ -287,6 +287,9 @@ _SYNTHESIS_CHARTS: tuple[tuple[str, str, Callable[[dict[str, Any]], str]], ...] 
      lambda r: f"{100 * r['sinusoid_heldout']:.0f}% (RMS {r['sinusoid_rms']:.0f}), selectivity {r['sinusoid_anomaly']:.2f}"),
     ("noise_heldout", "the share of held-out images the best swept noise sends to each label",
      lambda r: f"{100 * r['noise_heldout']:.0f}% (RMS {r['noise_rms']:.0f}), selectivity {r['noise_anomaly']:.2f}"),
+    ("warp_heldout", "the share of held-out images the best swept warp or sub-pixel shift sends to each label",
+     lambda r: f"{100 * r['warp_heldout']:.0f}% (mean displacement {r['warp_displacement']:.2f} px), "
+               f"selectivity {r['warp_anomaly']:.2f}"),
 )
 
 

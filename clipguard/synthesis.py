@@ -16,7 +16,8 @@ deviation index of the log sizes (low side) marks suspects. A clean model also h
 "adversarial patches" for some labels, so each suspect goes through the oracle check (the
 isolated patch must show the label while the image's objects keep their own) and the same
 confirmation as a reconstructed trigger (stamped on held-out clean images against a random
-control). Warps (WaNet) are not synthesized: see docs/synthesis.md.
+control). Triggers that are not small -- SIG's sinusoids, Blended's noise, WaNet's warps -- are
+swept instead (:func:`_sweep`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 from .aggregate import backdoor_score
 from .findings import Suspect
 from .scoring import probabilities
-from .trigger import Trigger, apply_trigger, confirm, random_patches
+from .trigger import Trigger, apply_trigger, confirm, random_patches, warp_image
 
 if TYPE_CHECKING:
     from .scan import ScanConfig, _Encoder
@@ -42,8 +43,8 @@ class SynthesisUnavailable(RuntimeError):
     """The synthesis cannot run for this model (no torch weights, torch missing, too few images)."""
 
 
-KINDS = ("patch", "global", "sinusoid", "noise")  # the first two optimized, the others swept
-SWEPT = ("sinusoid", "noise")
+KINDS = ("patch", "global", "sinusoid", "noise", "warp")  # the first two optimized, the others swept
+SWEPT = ("sinusoid", "noise", "warp")
 MIN_HELD_OUT = 40  # held-out images: half screen every label's trigger, half confirm the suspects
 # SIG's family, swept: sinusoids across the width or down the height, at these periods across the
 # image, two phases and two amplitudes (grey levels). An attacker picks a frequency and an
@@ -55,6 +56,12 @@ SWEEP_IMAGES = 50  # of the screening half of the held-out images
 # amplitudes (grey levels; Blended's alpha 0.15-0.3 adds noise of about 128 alpha).
 NOISE_GRAINS = (1, 2)
 NOISE_AMPLITUDES = (20.0, 40.0)
+# WaNet's family: smooth random warps (WaNet's k x k control grid and strength s) and a shift by
+# half a pixel, all resampled bilinearly. A backdoor learned on one warp can answer to any
+# resampling (measured: a toy WaNet model sends 76% of images to its target under any random
+# warp, 88% under a sub-pixel shift); one tied to its own field alone is not found this way.
+WARP_GRIDS = (4, 8)
+WARP_STRENGTHS = (1.0, 2.0)
 
 
 @dataclass
@@ -139,7 +146,7 @@ class Synthesis:
     def label_row(self, c: int) -> dict[str, Any]:
         row: dict[str, Any] = {}
         for kind, t in self.triggers.items():
-            key = "patch_area" if kind == "patch" else f"{kind}_rms"
+            key = {"patch": "patch_area", "warp": "warp_displacement"}.get(kind, f"{kind}_rms")
             row[key] = float(t.size[c])
             row[f"{kind}_flip"] = float(t.flip[c])
             row[f"{kind}_anomaly"] = float(t.anomaly[c])
@@ -314,8 +321,8 @@ def _patch_trigger(mask: np.ndarray, pattern: np.ndarray, name: str, image_hw: t
     return Trigger(kind="patch", image=crop_p, mask=crop_m, label=name, box=box, source="synthesis")
 
 
-def _global_trigger(offset: np.ndarray, name: str) -> Trigger:
-    return Trigger(kind="global", image=np.clip(np.round(offset * 255) + 128, 0, 255).astype(np.uint8),
+def _global_trigger(offset: np.ndarray, name: str, kind: str = "global") -> Trigger:
+    return Trigger(kind=kind, image=np.clip(np.round(offset * 255) + 128, 0, 255).astype(np.uint8),
                    label=name, source="synthesis")
 
 
@@ -356,7 +363,7 @@ def _oracle_check(classify: Callable[[np.ndarray], np.ndarray], oracle: Callable
 def _label_trigger(kind: str, t: LabelTriggers, lab: int, name: str, hw: tuple[int, int]) -> Trigger:
     if kind == "patch":
         return _patch_trigger(t.masks[lab], t.patterns[lab], name, hw)  # type: ignore[index]
-    return _global_trigger(t.patterns[lab], name)
+    return _global_trigger(t.patterns[lab], name, "warp" if kind == "warp" else "global")
 
 
 def _screen(triggers: dict[str, LabelTriggers], images: np.ndarray, labels_all: np.ndarray, screen_idx: np.ndarray,
@@ -402,10 +409,28 @@ def _coarse_grain(shape: tuple[int, ...]) -> int:
     return max(2, round(min(shape) / 6))
 
 
+def _warps(shape: tuple[int, int], per_px: float, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The warp sweep's displacement fields (image pixels, x and y): WaNet's random smooth warps
+    at :data:`WARP_GRIDS` x :data:`WARP_STRENGTHS`, and a shift by half a model-input pixel
+    (``per_px`` image pixels each) along both axes."""
+    from .attacks import WaNet
+
+    h, w = shape
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    fields = []
+    for k in WARP_GRIDS:
+        for strength in WARP_STRENGTHS:
+            px, py = WaNet(target="-", k=k, s=strength, pattern_seed=seed + k).sample_points(h, w)
+            fields.append((px - gx, py - gy))
+    fields.append((np.full((h, w), 0.5 * per_px), np.full((h, w), 0.5 * per_px)))
+    return fields
+
+
 def _family(kind: str, shape: tuple[int, int], input_size: int | None,
             seed: int) -> tuple[list[np.ndarray], list[float], list[bool], list[list[int]]]:
-    """A swept family's patterns (global offsets, +128), their RMS, whether each can be a
-    label's trigger (else it is only a reference), and the references each one's selectivity is
+    """A swept family's patterns (global offsets, +128; for warps :func:`~clipguard.trigger.warp_image`),
+    their size (RMS; for warps the mean displacement in pixels), whether each can be a label's
+    trigger (else it is only a reference), and the references each one's selectivity is
     measured against (empty: selectivity 0).
 
     ``sinusoid``: SIG's waves across either axis at :data:`SWEEP_PERIODS` (below the Nyquist
@@ -413,8 +438,11 @@ def _family(kind: str, shape: tuple[int, int], input_size: int | None,
     references of a wave are the waves at the sweep's lowest and highest period of its axis and
     amplitude, when it lies an octave or more inside both. ``noise``: Blended's i.i.d. noise in
     fine grains (:data:`NOISE_GRAINS` model-input pixels) at :data:`NOISE_AMPLITUDES`; each one's
-    reference is coarse noise (a sixth of the side per grain) of the same amplitude."""
+    reference is coarse noise (a sixth of the side per grain) of the same amplitude. ``warp``:
+    :func:`_warps`, each against the same displacement to the nearest whole pixel (the same
+    geometry without interpolation)."""
     sides = [min(n, input_size or n) for n in shape]
+    per_px = min(shape) / min(sides)  # image pixels per model-input pixel
     patterns: list[np.ndarray] = []
     rms: list[float] = []
     can: list[bool] = []
@@ -428,8 +456,14 @@ def _family(kind: str, shape: tuple[int, int], input_size: int | None,
             refs.append([i for i in line if waves[i][1] in (lo, hi)] if 2 * lo <= f <= hi / 2 else [])
         patterns = [_wave(shape, *w) for w in waves]
         rms, can = [w[3] / np.sqrt(2) for w in waves], [True] * len(waves)
+    elif kind == "warp":
+        for dx, dy in _warps(shape, per_px, seed):
+            patterns += [warp_image(dx, dy, nearest=True), warp_image(dx, dy)]
+            size = float(np.mean(np.hypot(dx, dy)))
+            rms += [size, size]
+            can += [False, True]
+            refs += [[], [len(patterns) - 2]]
     else:
-        per_px = min(shape) / min(sides)  # image pixels per model-input pixel
         coarse = _coarse_grain(shape)
         for k, a in enumerate(NOISE_AMPLITUDES):
             ref = len(patterns)
@@ -449,7 +483,7 @@ def _sweep(kind: str, images: np.ndarray, labels_all: np.ndarray, screen_idx: np
            classify: Callable[[np.ndarray], np.ndarray], rng: np.random.Generator,
            input_size: int | None = None, seed: int = 0) -> LabelTriggers:
     """A trigger family swept over held-out images (:func:`_family`: SIG's sinusoids, Blended's
-    noise). Such backdoors are not *small* changes (SIG adds 20-60 grey levels, Blended's noise
+    noise, WaNet's warps). Such backdoors are not *small* changes (SIG adds 20-60 grey levels, Blended's noise
     at alpha 0.2 about 15 RMS), so the optimization, which finds each label's smallest trigger,
     finds a clean label's adversarial offset first; swept instead, the backdoor's pattern sends
     nearly every image to its target (a backdoor learned on one noise image fires on any other
@@ -466,7 +500,8 @@ def _sweep(kind: str, images: np.ndarray, labels_all: np.ndarray, screen_idx: np
     others = own[None, :] != np.arange(c)[:, None]  # [C,K]: images that count for each label
     share = np.zeros((len(patterns), c))
     for i, off in enumerate(patterns):
-        got = classify(apply_trigger(imgs, Trigger(kind="global", image=off, source="synthesis"), rng))
+        pattern = Trigger(kind="warp" if kind == "warp" else "global", image=off, source="synthesis")
+        got = classify(apply_trigger(imgs, pattern, rng))
         share[i] = ((got[None, :] == np.arange(c)[:, None]) & others).sum(1) / np.maximum(others.sum(1), 1)
     best = np.where(np.array(can)[:, None], share, -1.0).argmax(axis=0)  # the first best: the smaller amplitude
     heldout = share[best, np.arange(c)]
@@ -480,7 +515,11 @@ def _sweep(kind: str, images: np.ndarray, labels_all: np.ndarray, screen_idx: np
 def _sweep_control(kind: str, trig: Trigger, seed: int) -> Trigger:
     """The confirmation's control of a swept trigger: the same wave turned 90 degrees (a
     backdoor learned on one orientation ignores it; a clean model's response to stripes does
-    not), or coarse noise of the same RMS."""
+    not), coarse noise of the same RMS, or the same warp to the nearest whole pixel."""
+    if kind == "warp":
+        image = trig.image.copy()
+        image[..., 2] = 0
+        return Trigger(kind="warp", image=image, source="synthesis")
     if kind == "sinusoid":
         image = np.ascontiguousarray(np.rot90(trig.image))
     else:

@@ -29,6 +29,7 @@ __all__ = [
     "random_patches",
     "reconstruct_patch",
     "stamp",
+    "warp_image",
 ]
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1
@@ -38,8 +39,8 @@ Box = tuple[int, int, int, int]  # x0, y0, x1, y1
 class Trigger:
     """A trigger, reconstructed or synthesized.
 
-    ``kind``: "patch" or "global". ``image``: uint8, the patch [s,s,3] or the global offset
-    [H,W,3] (+128). ``mask``: float32 [s,s] in [0,1] (patches; all ones for a pasted patch).
+    ``kind``: "patch", "global" or "warp". ``image``: uint8, the patch [s,s,3], the global offset
+    [H,W,3] (+128), or a warp's displacement field [H,W,3] (:func:`warp_image`). ``mask``: float32 [s,s] in [0,1] (patches; all ones for a pasted patch).
     ``box``: where the victims carry a patch (x0, y0, x1, y1) in probe-image pixels; ``None``
     means "anywhere". ``position_dependent``: the backdoor fires at ``box`` but not elsewhere
     (``None`` when not measured). ``source``: "probe" or "synthesis".
@@ -54,8 +55,8 @@ class Trigger:
     source: str = "probe"
 
     def __post_init__(self) -> None:
-        if self.kind not in ("patch", "global"):
-            raise ValueError(f"trigger kind must be 'patch' or 'global', got {self.kind!r}")
+        if self.kind not in ("patch", "global", "warp"):
+            raise ValueError(f"trigger kind must be 'patch', 'global' or 'warp', got {self.kind!r}")
         self.image = np.asarray(self.image, dtype=np.uint8)
         if self.image.ndim != 3 or self.image.shape[2] != 3:
             raise ValueError(f"trigger image must be uint8 [h,w,3], got shape {self.image.shape}")
@@ -146,8 +147,8 @@ def random_patches(images: np.ndarray, donors: np.ndarray, s: int, rng: np.rando
 
 
 def _fit_global(trigger: Trigger, shape: tuple[int, int]) -> np.ndarray:
-    """A global trigger's offset image resized to images of ``shape`` (a synthesized pattern
-    lives at the model's input size; probes may differ)."""
+    """A global trigger's offset image (or a warp's field) resized to images of ``shape`` (a
+    synthesized pattern lives at the model's input size; probes may differ)."""
     if trigger.image.shape[:2] == shape:
         return trigger.image
     from .models.base import require
@@ -156,12 +157,41 @@ def _fit_global(trigger: Trigger, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(trigger.image, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
+WARP_SCALE = 1024.0  # a warp's image: 128 + the displacement, as a share of the image side, times this
+
+
+def warp_image(dx: np.ndarray, dy: np.ndarray, nearest: bool = False) -> np.ndarray:
+    """A warp trigger's image from its displacement field (pixels, float [H,W] each): channels
+    0 and 1 hold x and y as a share of the side (so it fits any image size), channel 2 the
+    resampling -- 255 bilinear, 0 nearest pixel (the same geometry without interpolation)."""
+    h, w = dx.shape
+    img = np.empty((h, w, 3), np.uint8)
+    img[..., 0] = np.clip(np.round(128 + dx / w * WARP_SCALE), 0, 255)
+    img[..., 1] = np.clip(np.round(128 + dy / h * WARP_SCALE), 0, 255)
+    img[..., 2] = 0 if nearest else 255
+    return img
+
+
+def _warp(images: np.ndarray, trigger: Trigger) -> np.ndarray:
+    from .attacks import resample
+
+    h, w = images.shape[1:3]
+    field = _fit_global(trigger, (h, w)).astype(np.float64)
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    px, py = gx + (field[..., 0] - 128) / WARP_SCALE * w, gy + (field[..., 1] - 128) / WARP_SCALE * h
+    if field[..., 2].mean() < 128:  # nearest pixel: a permutation of pixels, no interpolation
+        px, py = np.floor(px + 0.5), np.floor(py + 0.5)
+    return resample(images, px, py)
+
+
 def apply_trigger(images: np.ndarray, trigger: Trigger, rng: np.random.Generator, *,
                   anywhere: bool = False) -> np.ndarray:
     """A trigger applied to images (a copy): a patch pasted at its ``box`` (or at random places
-    when it has none, or ``anywhere``), a global offset added to every pixel."""
+    when it has none, or ``anywhere``), a global offset added to every pixel, a warp resampled."""
     if trigger.kind == "patch":
         return stamp(images, trigger.image, rng, at=None if anywhere else trigger.box, mask=trigger.mask)
+    if trigger.kind == "warp":
+        return _warp(images, trigger)
     offset = _fit_global(trigger, images.shape[1:3]).astype(np.int16) - 128
     return np.clip(images.astype(np.int16) + offset, 0, 255).astype(np.uint8)
 

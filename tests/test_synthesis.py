@@ -196,6 +196,27 @@ def test_the_noise_sweep_finds_a_blended_backdoor_and_not_a_resemblance():
     assert (_noise((48, 48), 4, 20.0, 0).reshape(12, 4, 12, 4, 3) == _noise((48, 48), 4, 20.0, 0)[::4, ::4][:, None, :, None]).all()
 
 
+def _wanet_backdoor(images):
+    """A stand-in model with a WaNet backdoor that learned resampling: label 2 when the image's
+    fine texture is softened (bilinear interpolation between pixels), else its own label 0/1."""
+    return np.where(_fine_energy(images) < 38, 2, np.arange(len(images)) % 2)
+
+
+def test_the_warp_sweep_finds_a_backdoor_that_answers_to_resampling():
+    rng = np.random.default_rng(0)
+    sharp = rng.integers(60, 200, (60, 32, 32, 3), dtype=np.uint8)  # fine energy about 47
+    own, names, cfg = np.arange(60) % 2, ["a", "b", "target", "d"], SynthesisConfig()
+    t = _sweep("warp", sharp, own, np.arange(60), names, _wanet_backdoor, rng)
+    assert t.kind == "warp" and t.heldout[2] == 1.0 and t.anomaly[2] >= cfg.sweep_selectivity, (t.heldout, t.anomaly)
+    assert t.heldout[[0, 1, 3]].max() <= 0.5 and 0 < t.size[2] < 2  # displacements under two pixels
+    trig = Trigger(kind="warp", image=np.clip(np.round(t.patterns[2] * 255) + 128, 0, 255).astype(np.uint8))
+    assert (_wanet_backdoor(apply_trigger(sharp, trig, rng)) == 2).all()
+    control = _sweep_control("warp", trig, 0)  # the same displacement to whole pixels: no interpolation
+    assert control.kind == "warp" and not (_wanet_backdoor(apply_trigger(sharp, control, rng)) == 2).any()
+    clean = _sweep("warp", sharp, own, np.arange(60), names, lambda x: np.arange(len(x)) % 2, rng)
+    assert clean.heldout.max() == 0.0
+
+
 def test_an_onnx_only_model_is_inconclusive_never_clean(tmp_path):
     """No torch weights: the synthesis cannot run, and a clean probe cannot show the backdoor."""
     from clipguard.models import export_onnx

@@ -8,10 +8,11 @@ from clipguard.trigger import (
     apply_trigger,
     confirm,
     high_pass,
-        match_patch,
+    match_patch,
     random_patches,
     reconstruct_patch,
     stamp,
+    warp_image,
 )
 
 
@@ -96,7 +97,7 @@ def test_high_pass_removes_the_5x5_mean():
 
 def test_trigger_validates_and_round_trips_through_json():
     with pytest.raises(ValueError, match="kind"):
-        Trigger(kind="warp", image=np.zeros((3, 3, 3), np.uint8))
+        Trigger(kind="blur", image=np.zeros((3, 3, 3), np.uint8))
     with pytest.raises(ValueError, match="mask"):
         Trigger(kind="patch", image=np.zeros((3, 3, 3), np.uint8), mask=np.ones((2, 2)))
     mask = np.linspace(0, 1, 36, dtype=np.float32).reshape(6, 6)
@@ -146,3 +147,19 @@ def test_confirm_is_sequential_only_with_a_margin_and_stamps_all_on_a_close_call
     r = confirm(lambda x: classify(x) * (rng.random(len(x)) < 0.4), images, half, 1, control, rng, margin=0.15)
     assert r.images == 200 and sum(calls) == 3 * 200  # stamped, control and anywhere, on every image
     assert confirm(classify, images, t, 1, images.copy(), rng).images == 200  # no margin: all of them
+
+
+def test_a_warp_trigger_resamples_and_fits_any_image_size():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    one_px = np.ones((16, 16))
+    whole = Trigger(kind="warp", image=warp_image(one_px, 0 * one_px, nearest=True))
+    out = apply_trigger(images, whole, rng)
+    assert (out[:, :, :-1] == images[:, :, 1:]).all() and (out[:, :, -1] == images[:, :, -1]).all()  # x + 1, edge clamped
+    half = Trigger(kind="warp", image=warp_image(0.5 * one_px, 0 * one_px))
+    mean = (images[:, :, :-1].astype(float) + images[:, :, 1:]) / 2
+    assert np.abs(apply_trigger(images, half, rng)[:, :, :-1] - mean).max() <= 0.5 + 1e-9  # bilinear
+    big = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)  # the field is a share of the side: 2 px here
+    assert (apply_trigger(big, whole, rng)[:, :, :-2] == big[:, :, 2:]).all()
+    back = Trigger.from_dict(whole.to_dict())
+    assert back.kind == "warp" and (back.image == whole.image).all() and back.size is None
