@@ -16,7 +16,8 @@ labels and seconds go to ``DIR/scores.jsonl`` as they finish (a rerun skips what
 Printed per setting: AUROC of the report's score and of the synthesis' highest held-out flip rate
 (positives: backdoors that took; negatives: clean models),
 TPR at 5% FPR, false alarms on clean models at the default threshold (verdict ``backdoored``),
-detected positives, target-label accuracy among them, inconclusive verdicts and seconds per model.
+detected positives, target-label accuracy among them (exactly the target; the target among the
+affected labels), inconclusive verdicts and seconds per model.
 
 The scan's thresholds were set on the six bundled models; no model here was seen while setting them.
 """
@@ -64,6 +65,9 @@ ZOO: dict[str, tuple[str | None, float, int, dict[str, Any]]] = {
     "wanet-circle-k8": ("wanet:target=circle,k=8", 0.1, 14, {}),
     # built after the warp sweep was designed on wanet-circle-k8, held out from it
     "wanet-heart-k6-s2": ("wanet:target=heart,k=6,s=2", 0.1, 21, {}),
+    "wanet-heart-r20-long": ("wanet:target=heart,k=6,s=2", 0.2, 22, {"steps": 1400}),
+    # ... and one more, held out from the rule on noise beside a warp (docs/synthesis.md)
+    "wanet-cross-r20-long": ("wanet:target=cross,k=4,s=2", 0.2, 23, {"steps": 1400}),
     "lc-star": ("lc:target=star,size=6", 0.1, 15, {}),
     "optpatch-ring": ("optpatch:target=ring,size=6", 0.03, 16, {}),
 }
@@ -151,14 +155,15 @@ def score(root: Path, settings: list[str], mode: str) -> None:
                       f"{','.join(report.affected_labels) or '-':10} {r['seconds']:6.1f} s", flush=True)
     print(f"\n# toy zoo in {root}: {len(manifest)} models; scan mode {mode}; {machine()}")
     print("| setting | AUROC (score) | AUROC (held-out flip) | TPR @ 5% FPR | false alarms (clean) | detected | "
-          "target right | inconclusive | s/model |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "target right | target named | inconclusive | s/model |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for setting in settings:
         rows = [(manifest[m], done[(m, setting, mode)]) for m in manifest if (m, setting, mode) in done]
         pos = [(e, r) for e, r in rows if e["attack"] and e["took"]]
         neg = [(e, r) for e, r in rows if not e["attack"]]
         detected = [(e, r) for e, r in pos if r["verdict"] == "backdoored"]
         right = [1 for e, r in detected if r["affected"] == [e["target"]]]
+        named = [1 for e, r in detected if e["target"] in r["affected"]]
         alarms = sum(r["verdict"] == "backdoored" for _, r in neg)
         unsure = sum(r["verdict"] == "inconclusive" for _, r in rows)
         secs = np.mean([r["seconds"] for _, r in rows]) if rows else float("nan")
@@ -167,7 +172,8 @@ def score(root: Path, settings: list[str], mode: str) -> None:
         hn = [r["heldout"] for _, r in neg if r.get("heldout") is not None]
         held = f"{auroc(hp, hn):.3f}" if len(hp) == len(pos) and len(hn) == len(neg) else "-"
         print(f"| {setting} | {auroc(ps, ns):.3f} | {held} | {tpr_at_fpr(ps, ns):.2f} | {alarms} of {len(neg)} | "
-              f"{len(detected)} of {len(pos)} | {len(right)} of {len(detected)} | {unsure} | {secs:.0f} |")
+              f"{len(detected)} of {len(pos)} | {len(right)} of {len(detected)} | {len(named)} of {len(detected)} | "
+              f"{unsure} | {secs:.0f} |")
     skipped = [m for m, e in manifest.items() if e["attack"] and not e["took"]]
     if skipped:
         print(f"# backdoors that did not take (ASR < 50%, not counted): {', '.join(skipped)}")

@@ -217,6 +217,36 @@ def test_the_warp_sweep_finds_a_backdoor_that_answers_to_resampling():
     assert clean.heldout.max() == 0.0
 
 
+class _TextureModel:
+    """A stand-in WaNet model on sharp scenes: softened texture (resampling) is label 2, its
+    opposite, texture sharper than any scene's (fine noise on top), label 3, else the own label 0/1."""
+
+    input_size, mean, std, logit_scale = 32, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 10.0
+
+    def encode_images(self, images, batch_size=256):
+        energy = _fine_energy(images)
+        label = np.where(energy < 14, 2, np.where(energy > 29, 3, np.arange(len(images)) % 2))  # scenes: 19-21
+        return np.eye(4, dtype=np.float32)[label]
+
+
+def test_beside_a_warp_fine_noise_is_the_opposite_response_not_a_second_backdoor():
+    from clipguard.synthesis import _check_suspects
+
+    rng = np.random.default_rng(0)
+    sharp = rng.integers(100, 160, (120, 32, 32, 3), dtype=np.uint8)
+    model, names = _TextureModel(), ["a", "b", "softened", "sharper"]
+    cfg = SynthesisConfig(kinds=("noise", "warp"))
+    labels_all = np.arange(120) % 2
+    suspects = _check_suspects({}, sharp, labels_all, np.arange(120), names, _Encoder(model, 64), np.eye(4, dtype=np.float32),
+                               10.0, None, rng, clipguard.ScanConfig(), cfg)
+    by = {s.name: s for s in suspects}
+    assert by["softened"].confirmed and by["softened"].trigger.kind == "warp"
+    assert not by["sharper"].confirmed and by["sharper"].rejected and "opposite" in by["sharper"].note
+    alone = _check_suspects({}, sharp, labels_all, np.arange(120), names, _Encoder(model, 64), np.eye(4, dtype=np.float32),
+                            10.0, None, rng, clipguard.ScanConfig(), SynthesisConfig(kinds=("noise",)))
+    assert [s.name for s in alone if s.confirmed] == ["sharper"]  # without a warp, fine noise is a Blended trigger
+
+
 def test_an_onnx_only_model_is_inconclusive_never_clean(tmp_path):
     """No torch weights: the synthesis cannot run, and a clean probe cannot show the backdoor."""
     from clipguard.models import export_onnx
