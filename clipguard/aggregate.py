@@ -242,9 +242,8 @@ def confirm_probe_suspect(enc: _Encoder, images: np.ndarray, findings: list[Imag
         if out.shared_pattern < cfg.shared_pattern:
             # e.g. two scenes of several trousers: their stripes flip 22% of other images to
             # "trouser" on a texture-sensitive model, yet they share no pattern (correlation -0.19)
-            out.rejected, out.confirmed, out.score = True, False, min(0.49, out.score)
-            out.note = (f"the victims share no fine pattern (median correlation {out.shared_pattern:.2f}): "
-                        "what their texture carries is their own content")
+            out.reject(f"the victims share no fine pattern (median correlation {out.shared_pattern:.2f}): "
+                       "what their texture carries is their own content")
     return out
 
 

@@ -118,6 +118,12 @@ class Suspect:
     rejected: bool = False
     note: str = ""
 
+    def reject(self, why: str) -> None:
+        """A check of what the trigger is failed: not confirmed whatever it flipped, scored below
+        the verdict, and no vouching for the other analysis (:func:`~clipguard.aggregate.merge`)."""
+        self.rejected, self.confirmed, self.score = True, False, min(0.49, self.score or 0.0)
+        self.note = why
+
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "trigger"}
         d["trigger"] = self.trigger.to_dict() if self.trigger is not None else None

@@ -584,30 +584,25 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
             sus.anywhere_asr, sus.stamped_images = result.anywhere_rate, result.images
             if result.anywhere_rate is not None:
                 trig.position_dependent = bool(result.flip_rate - result.anywhere_rate >= scan_cfg.margin)
-            confirmed = result.excess >= scan_cfg.margin
+            sus.confirmed = bool(result.excess >= scan_cfg.margin)
+            sus.score = backdoor_score(result.excess, scan_cfg.margin)
             if kind == "patch" and cfg.oracle_check:
                 sus.oracle_check = _oracle_check(classify, oracle, images[held], trig, lab, rng, scan_cfg)
                 if not sus.oracle_check["passed"]:
-                    confirmed, sus.rejected = False, True
-                    sus.note = "the oracle does not see a trigger: the patch alone does not show the label, " \
-                               "it turns the image's objects into the label, or it is larger than a trigger and " \
-                               "covers them all"
-            sus.confirmed = bool(confirmed)
-            sus.score = backdoor_score(result.excess, scan_cfg.margin) if confirmed else min(
-                0.49, backdoor_score(result.excess, scan_cfg.margin))
+                    sus.reject("the oracle does not see a trigger: the patch alone does not show the label, it turns "
+                               "the image's objects into the label, or it is larger than a trigger and covers them all")
             suspects.append(sus)
             if kind == "noise":
                 noisy.append(sus)
     # A backdoor that answers to the softening resampling leaves also answers to the opposite
-    # change, fine noise, with some other label: both WaNet models of the toy zoo whose backdoor
-    # took send 87-100% of images to "ring" under fine noise. Beside a confirmed warp, a noise
-    # trigger of another label is that response, not a second backdoor.
+    # change, fine noise, with some other label: the toy zoo's WaNet models whose backdoor took
+    # send 68-100% of images to "ring" under fine noise. Beside a confirmed warp, a noise trigger
+    # of another label is that response, not a second backdoor.
     warps = {x.label for x in suspects if x.confirmed and x.trigger is not None and x.trigger.kind == "warp"}
     for sus in noisy:
         if warps and sus.confirmed and sus.label not in warps:
-            sus.confirmed, sus.rejected, sus.score = False, True, min(0.49, sus.score or 0.0)
-            sus.note = (f"fine noise sends {sus.heldout:.0%} of images here, but the model's backdoor answers to "
-                        "resampling (a warp confirmed for another label): a response to the opposite change")
+            sus.reject(f"fine noise sends {sus.heldout:.0%} of images here, but the model's backdoor answers to "
+                       "resampling (a warp confirmed for another label): a response to the opposite change")
     return suspects
 
 
