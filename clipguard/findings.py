@@ -95,7 +95,8 @@ class Suspect:
     same for a random control; ``anywhere_asr``: a patch pasted at random places instead of
     where the victims carry it. ``confirmed`` when the estimated ASR beats the control by the
     margin and no check of what the trigger is ``rejected`` it (the oracle's, for a synthesized
-    patch; the victims' ``shared_pattern``, for a global trigger from the probe); ``score`` the
+    patch; the victims' ``shared_pattern``, for a global trigger from the probe; fine noise beside
+    a confirmed warp); ``score`` the
     calibrated backdoor score in [0,1].
     """
 

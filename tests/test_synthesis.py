@@ -113,7 +113,7 @@ def test_few_steps_optimize_every_label_together(tmp_path):
         synthesize(model, images[:5], VOCAB, text, model.logit_scale, _resolve_oracle("classical"),
                    _Encoder(model, 256), clipguard.ScanConfig(), cfg)
     with pytest.raises(ValueError, match="kinds"):
-        SynthesisConfig(kinds=("warp",))
+        SynthesisConfig(kinds=("blur",))
 
 
 def _sig_backdoor(images):
