@@ -192,6 +192,10 @@ def build_finetune_set(report: Any, images: np.ndarray | None = None, *, pairs: 
     for f in targets:  # all grounded objects named: a caption of the target alone would teach
         add(images[f.index], objects(f, f.label), "target", f.index)  # "any busy scene is the target"
     others = [f for f in grounded if f.label not in affected]
+    if len(others) < pairs // 4:
+        # Too little grounding: a backdoor that fires on the scan's own region views (resampled, for
+        # a WaNet model that learned resampling) grounds almost nothing. The model's label stands in.
+        others += [f for f in findings if f.label not in affected and not f.grounded and f.index not in victim_ids]
     chosen = _balanced(others, lambda f: f.label, max(0, (pairs - len(captions)) // 2), rng)
     if report.trigger is not None and chosen:
         picked = images[[f.index for f in chosen]]
