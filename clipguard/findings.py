@@ -13,8 +13,8 @@ __all__ = ["ImageFinding", "Suspect", "Victim", "VERDICTS"]
 VERDICTS = ("backdoored", "clean", "inconclusive")
 
 
-def _names(names: Sequence[str] | None, ids: Sequence[int]) -> list[Any]:
-    return [names[i] for i in ids] if names else list(ids)
+def _names(names: Sequence[str] | None, ids: Sequence[int | None]) -> list[Any]:
+    return [names[i] if i is not None else None for i in ids] if names else list(ids)
 
 
 @dataclass
@@ -30,9 +30,9 @@ class ImageFinding:
     verified: bool = False  # occluding some region or window removes the candidate
     trigger_box: Box | None = None  # where the trigger is (x0, y0, x1, y1), if localized
     localized_by: str | None = None  # "region", "window" or "match" (a copy of the reconstructed patch)
-    region_labels: list[int] = field(default_factory=list)  # isolate-view top-1 per region
+    region_labels: list[int | None] = field(default_factory=list)  # isolate-view top-1 per region (None: not encoded)
     object_labels: list[int] = field(default_factory=list)  # the same, object-sized regions only
-    global_share: float = 0.0  # share of regions whose isolate view shows `label`
+    global_share: float = 0.0  # share of regions whose isolate view shows `label` (one not encoded does not)
     background_holds: bool = False  # the label still shows (p >= background_prob) with every region occluded
 
     def to_dict(self, names: Sequence[str] | None = None) -> dict[str, Any]:
@@ -49,7 +49,7 @@ class ImageFinding:
         index = {n: i for i, n in enumerate(names or [])}
 
         def lab(v: Any) -> Any:
-            return index[v] if isinstance(v, str) else v
+            return index[v] if isinstance(v, str) else v  # None stays None (a region not encoded)
 
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}

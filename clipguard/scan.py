@@ -132,14 +132,16 @@ class Regions:
 
 @dataclass
 class Grounding:
-    """Algorithm 1, steps 2-4: isolate-view embeddings and labels per region, which regions are
-    object-sized, which images have their label grounded, and each image's candidate (-1: none)."""
+    """Algorithm 1, steps 2-4: isolate-view embeddings and labels per region (-1 and zeros where
+    a region was not encoded), which regions are object-sized and encoded, which images have
+    their label grounded, and each image's candidate (-1: none)."""
 
     iso_emb: np.ndarray
     region_label: np.ndarray
     object_sized: np.ndarray
     grounded: np.ndarray
     candidate: np.ndarray
+    encoded: np.ndarray
 
 
 def whole_image_labels(enc: _Encoder, images: np.ndarray, text: np.ndarray, scale: float) -> WholeImage:
@@ -156,78 +158,137 @@ def oracle_regions(oracle: Callable, images: np.ndarray, cfg: ScanConfig) -> Reg
 
 
 def ground(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray, reg: Regions, whole: WholeImage,
-           text: np.ndarray, scale: float, cfg: ScanConfig) -> Grounding:
+           text: np.ndarray, scale: float, cfg: ScanConfig, complete: bool = True) -> Grounding:
     """Each region's isolate view labelled by the model; an image's label is grounded when an
-    object-sized region shows it on its own; ungrounded labels are the candidates."""
+    object-sized region shows it on its own; ungrounded labels are the candidates.
+
+    With ``complete=False`` only the object-sized regions of grounded images are encoded (what
+    grounds a label and names the image's objects); the small and the background-sized regions
+    only matter where the label is a candidate, so ungrounded images get every region.
+    :func:`complete_regions` encodes the rest of an image's regions where they matter later."""
+    n = len(images)
+    object_sized = (reg.area >= cfg.object_area) & (reg.area <= cfg.max_object_area)
+    g = Grounding(iso_emb=np.zeros((len(reg.index), text.shape[1]), np.float32),
+                  region_label=np.full(len(reg.index), -1, np.int64), object_sized=object_sized,
+                  grounded=np.zeros(n, bool), candidate=np.full(n, -1, np.int64), encoded=np.zeros(len(reg.index), bool))
+    if complete:
+        complete_regions(model, enc, clock, images, reg, whole, g, text, scale, np.arange(n))
+    else:
+        _encode_isolated(model, enc, clock, images, reg, whole, g, text, scale, np.nonzero(object_sized)[0])
+        complete_regions(model, enc, clock, images, reg, whole, g, text, scale, np.nonzero(~g.grounded)[0])
+    g.candidate = np.where(g.grounded, -1, whole.label)
+    return g
+
+
+def complete_regions(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray, reg: Regions, whole: WholeImage,
+                     g: Grounding, text: np.ndarray, scale: float, ids: Any) -> None:
+    """Encode the isolate views of images ``ids``' regions not encoded yet."""
+    ids = np.asarray(ids, np.int64)
+    want = np.zeros(len(images), bool)
+    want[ids] = True
+    _encode_isolated(model, enc, clock, images, reg, whole, g, text, scale,
+                     np.nonzero(want[reg.index] & ~g.encoded)[0])
+
+
+def _encode_isolated(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray, reg: Regions, whole: WholeImage,
+                     g: Grounding, text: np.ndarray, scale: float, pick: np.ndarray) -> None:
+    if not len(pick):
+        return
     with clock("render"):
-        isolated = _render(model, images, reg.masks, reg.index, "isolate")
+        isolated = _render(model, images, reg.masks[pick], reg.index[pick], "isolate")
     with clock("encode_regions"):
-        iso_emb = enc.pixels(isolated)
-    del isolated
+        emb = enc.pixels(isolated)
     with clock("scoring"):
-        cmp = scoring.compare(iso_emb, whole.emb, reg.index, text, scale, 1)
-        region_label = cmp.region_labels[:, 0].astype(np.int64)
-        object_sized = (reg.area >= cfg.object_area) & (reg.area <= cfg.max_object_area)
-        grounded = np.zeros(len(images), bool)
-        np.logical_or.at(grounded, reg.index, object_sized & (region_label == whole.label[reg.index]))
-    return Grounding(iso_emb=iso_emb, region_label=region_label, object_sized=object_sized, grounded=grounded,
-                     candidate=np.where(grounded, -1, whole.label))
+        label = scoring.compare(emb, whole.emb, reg.index[pick], text, scale, 1).region_labels[:, 0].astype(np.int64)
+    g.iso_emb[pick], g.region_label[pick], g.encoded[pick] = emb, label, True
+    np.logical_or.at(g.grounded, reg.index[pick], g.object_sized[pick] & (label == whole.label[reg.index[pick]]))
 
 
 def verify(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray, reg: Regions, whole: WholeImage,
            g: Grounding, text: np.ndarray, scale: float, cfg: ScanConfig) -> list[ImageFinding]:
-    """Occluded views where they can verify something (the regions of images with a candidate)
-    and every image's background view (all its regions occluded: a trigger that is everywhere
-    survives there, an object's label mostly does not); the native trigger scores; one
-    :class:`ImageFinding` per image."""
-    n, h, w = images.shape[:3]
-    masks, index, start = reg.masks, reg.index, reg.start
+    """Occluded views where they can verify something (the small regions of images with a
+    candidate that show it on their own) and every image's background view (all its regions
+    occluded: a trigger that is everywhere survives there, an object's label mostly does not);
+    the native trigger scores; one :class:`ImageFinding` per image.
+
+    Where ``g`` is not complete, a grounded image whose background still shows its label gets
+    the rest of its regions encoded, so that its share of regions showing the label (a global
+    trigger hijacks them all) is exact; elsewhere that share is a lower bound. (Measured on the
+    bundled models' 2% triggered probes: every Blended victim's background showed the target;
+    the images whose regions showed their label without the background doing so, 19-25 of 500
+    fashion scenes in clean and backdoored models alike, were scenes of several objects of one
+    label.)"""
+    n = len(images)
+    index = reg.index
     sel = np.nonzero(~g.grounded[index])[0]
-    counts_region = np.diff(start)
-    with clock("render"):
-        union = np.zeros((n, h, w), bool)
-        has = counts_region > 0
-        if has.any():
-            union[has] = np.logical_or.reduceat(masks, start[:-1][has], axis=0)
-        occluded = _render(model, images, np.concatenate([masks[sel], union]),
-                           np.concatenate([index[sel], np.arange(n)]), "occlude")
-    with clock("encode_regions"):
-        occ_emb = enc.pixels(occluded)
-    del occluded, union
+    # A trigger carries the label on its own: occluding it removes the label, isolating it shows
+    # it. (Occluding an ordinary object can also change a multi-object scene's label; isolating
+    # it then shows that object, not the label.) Only such regions get an occluded view.
+    sel = sel[(reg.area[sel] <= cfg.trigger_area) & (g.region_label[sel] == g.candidate[index[sel]])]
+    occ_emb, background_holds = _occlusion_views(model, enc, clock, images, reg, whole, text, scale, cfg, sel,
+                                                 np.arange(n))
+    complete_regions(model, enc, clock, images, reg, whole, g, text, scale, np.nonzero(background_holds)[0])
     with clock("scoring"):
-        p_background = scoring.probabilities(occ_emb[len(sel):], text, scale)
-        label = whole.label
-        background_holds = ((p_background.argmax(axis=1) == label)
-                             & (p_background[np.arange(n), label] >= cfg.background_prob))
-        occ_emb = occ_emb[: len(sel)]
         trig = scoring.trigger_scores(occ_emb, g.iso_emb[sel], whole.emb, index[sel], g.candidate, text, scale)
-        region_boxes, _ = regions.boxes(masks)
-        # A trigger carries the label on its own: occluding it removes the label, isolating it shows
-        # it. (Occluding an ordinary object can also change a multi-object scene's label; isolating
-        # it then shows that object, not the label.)
-        verified = np.zeros(len(masks), bool)
-        verified[sel] = ((trig.score > 0) & (trig.p_occluded <= (1 - cfg.min_drop) * trig.p_image)
-                         & (reg.area[sel] <= cfg.trigger_area) & (g.region_label[sel] == g.candidate[index[sel]]))
-        score = np.zeros(len(masks), np.float32)
+        verified = np.zeros(len(index), bool)
+        verified[sel] = (trig.score > 0) & (trig.p_occluded <= (1 - cfg.min_drop) * trig.p_image)
+        score = np.zeros(len(index), np.float32)
         score[sel] = trig.score
-        same = np.bincount(index, weights=(g.region_label == label[index]).astype(float), minlength=n)
-        findings = []
-        for i in range(n):
-            mine_all = slice(start[i], start[i + 1])
-            f = ImageFinding(index=i, label=int(label[i]), prob=float(whole.prob[i]), regions=int(counts_region[i]),
-                             grounded=bool(g.grounded[i]), region_labels=[int(x) for x in g.region_label[mine_all]],
-                             object_labels=[int(x) for x in g.region_label[mine_all][g.object_sized[mine_all]]],
-                             global_share=float(same[i] / counts_region[i]) if counts_region[i] else 0.0,
-                             background_holds=bool(background_holds[i]))
-            if not g.grounded[i]:
-                f.candidate = int(label[i])
-                mine = start[i] + np.nonzero(verified[mine_all])[0]
-                if mine.size:
-                    best = mine[np.argmax(score[mine])]
-                    f.verified, f.localized_by = True, "region"
-                    f.trigger_box = tuple(int(v) for v in region_boxes[best])  # type: ignore[assignment]
-            findings.append(f)
+    region_boxes, _ = regions.boxes(reg.masks)
+    findings = []
+    for i in range(n):
+        f = ImageFinding(index=i, label=int(whole.label[i]), prob=float(whole.prob[i]),
+                         regions=int(reg.start[i + 1] - reg.start[i]), grounded=bool(g.grounded[i]),
+                         background_holds=bool(background_holds[i]))
+        describe_regions(f, reg, g)
+        if not g.grounded[i]:
+            f.candidate = int(whole.label[i])
+            mine = reg.start[i] + np.nonzero(verified[reg.start[i]:reg.start[i + 1]])[0]
+            if mine.size:
+                best = mine[np.argmax(score[mine])]
+                f.verified, f.localized_by = True, "region"
+                f.trigger_box = tuple(int(v) for v in region_boxes[best])  # type: ignore[assignment]
+        findings.append(f)
     return findings
+
+
+def describe_regions(f: ImageFinding, reg: Regions, g: Grounding) -> None:
+    """A finding's per-region fields from the isolate views encoded so far (a region not encoded
+    is ``None`` in ``region_labels`` and counts as not showing the label in ``global_share``)."""
+    mine = slice(reg.start[f.index], reg.start[f.index + 1])
+    labels, encoded, objects = g.region_label[mine], g.encoded[mine], g.object_sized[mine]
+    f.region_labels = [int(x) if e else None for x, e in zip(labels, encoded)]  # type: ignore[misc]
+    f.object_labels = [int(x) for x in labels[objects & encoded]]
+    f.global_share = float((encoded & (labels == f.label)).mean()) if len(labels) else 0.0
+
+
+def _occlusion_views(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray, reg: Regions, whole: WholeImage,
+                     text: np.ndarray, scale: float, cfg: ScanConfig, occlude: np.ndarray,
+                     background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of regions ``occlude``'s occluded views, and whether each image of
+    ``background`` still shows its label with all its regions occluded (an image without
+    regions: its own whole-image probability, nothing encoded twice)."""
+    h, w = images.shape[1:3]
+    counts = np.diff(reg.start)[background]
+    bg = background[counts > 0]
+    holds = whole.prob[background] >= cfg.background_prob  # the label is the whole image's top-1
+    if not len(occlude) and not len(bg):
+        return np.zeros((0, text.shape[1]), np.float32), holds
+    with clock("render"):
+        union = np.zeros((len(bg), h, w), bool)
+        for j, i in enumerate(bg.tolist()):
+            union[j] = reg.masks[reg.start[i]:reg.start[i + 1]].any(axis=0)
+        views = _render(model, images, np.concatenate([reg.masks[occlude], union]),
+                        np.concatenate([reg.index[occlude], bg]), "occlude")
+    with clock("encode_regions"):
+        emb = enc.pixels(views)
+    del views, union
+    with clock("scoring"):
+        if len(bg):
+            p = scoring.probabilities(emb[len(occlude):], text, scale)
+            label = whole.label[bg]
+            holds[counts > 0] = (p.argmax(axis=1) == label) & (p[np.arange(len(bg)), label] >= cfg.background_prob)
+    return emb[: len(occlude)], holds
 
 
 def localize_windows(model: Any, enc: _Encoder, images: np.ndarray, findings: list[ImageFinding], todo: list[int],
@@ -252,13 +313,15 @@ def localize_windows(model: Any, enc: _Encoder, images: np.ndarray, findings: li
 
 
 def search_until_futile(model: Any, enc: _Encoder, images: np.ndarray, findings: list[ImageFinding], todo: list[int],
-                        whole: WholeImage, text: np.ndarray, scale: float, cfg: ScanConfig) -> list[int]:
+                        whole: WholeImage, text: np.ndarray, scale: float, cfg: ScanConfig, enough: int = 0) -> list[int]:
     """The window search on ``todo`` in rounds of ``cfg.search_round`` images per label (in a
     seeded random order), a label's search stopping when its first round verified none of them,
     or once at least two rounds were searched and at most one image in eight was verified: its
     unexplained candidates are then the oracle missing parts of objects, not a trigger (a
     trigger's images verify at a far higher rate, so its count, Algorithm 2's evidence, is kept
-    whole). Returns the images searched."""
+    whole). With ``enough`` > 0 a label also stops once that many of its images are verified
+    (after Algorithm 2, when only its trigger's reconstruction needs them). Returns the images
+    searched."""
     rng = np.random.default_rng(cfg.seed)
     queues: dict[int, list[int]] = {}
     for i in rng.permutation(np.array(todo, np.int64)).tolist():
@@ -272,7 +335,8 @@ def search_until_futile(model: Any, enc: _Encoder, images: np.ndarray, findings:
             queues[lab] = queues[lab][len(b):]
             verified = sum(findings[i].verified for i in done[lab])
             futile = verified == 0 or (len(done[lab]) >= 2 * cfg.search_round and 8 * verified <= len(done[lab]))
-            if not queues[lab] or futile:
+            full = enough > 0 and sum(f.verified for f in findings if f.label == lab) >= enough
+            if not queues[lab] or futile or full:
                 del queues[lab]
     return sorted(i for d in done.values() for i in d)
 
@@ -282,7 +346,9 @@ def worth_searching(findings: list[ImageFinding], label: np.ndarray, c: int, cfg
     each): those with a candidate no region explained, of labels where that happens anomalously
     often (index >= ``search_anomaly``, at least ``min_victims`` images), or that region-verified
     candidates already point at. Elsewhere an unexplained candidate is the oracle missing a part
-    of an object, spread evenly over the labels, and Algorithm 2 could not single a label out."""
+    of an object, spread evenly over the labels, and Algorithm 2 could not single a label out.
+    Not on labels with ``2 * min_victims`` region-verified candidates already: their patch can be
+    reconstructed, and the confirmation finds its copies in the other images without the encoder."""
     from .aggregate import iterated_anomaly
 
     unexplained = [f for f in findings if f.candidate is not None and not f.verified]
@@ -290,8 +356,8 @@ def worth_searching(findings: list[ImageFinding], label: np.ndarray, c: int, cfg
     counts = np.bincount([f.label for f in unexplained], minlength=c).astype(float)
     verified = np.bincount([f.label for f in findings if f.verified], minlength=c)
     index = iterated_anomaly(counts, totals, cfg.search_anomaly, cfg.min_victims)
-    labels = {lab for lab in range(c) if (counts[lab] >= cfg.min_victims and index[lab] >= cfg.search_anomaly)
-              or verified[lab] >= cfg.min_victims}
+    labels = {lab for lab in range(c) if ((counts[lab] >= cfg.min_victims and index[lab] >= cfg.search_anomaly)
+                                           or verified[lab] >= cfg.min_victims) and verified[lab] < 2 * cfg.min_victims}
     return [f.index for f in unexplained if f.label in labels]
 
 
@@ -315,7 +381,7 @@ def probe_analysis(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray,
         whole = whole_image_labels(enc, images, text, scale)
     with clock("oracle", tick=True):
         reg = oracle_regions(oracle, images, cfg)
-    g = ground(model, enc, clock, images, reg, whole, text, scale, cfg)
+    g = ground(model, enc, clock, images, reg, whole, text, scale, cfg, complete=False)
     clock.bar.update(1)
     findings = verify(model, enc, clock, images, reg, whole, g, text, scale, cfg)
     clock.bar.update(1)
@@ -326,19 +392,25 @@ def probe_analysis(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray,
         picked, stats = aggregate.select_suspects(findings, whole.label, text.shape[0], cfg)
     # A trigger on (or merged by the oracle with) an object can make a region ground the label:
     # images of a localized suspect label that were not verified, and not searched already, get
-    # the oracle-free search too -- unless the victims found so far are enough to reconstruct the
-    # patch, whose copies the confirmation then finds in those images without the encoder.
+    # the oracle-free search too -- until the victims found are enough to reconstruct the patch,
+    # whose copies the confirmation then finds in the other images without the encoder.
     with clock("window_search"):
         done = set(searched)
         for lab, kind in picked:
             if kind == "localized" and stats["local_counts"][lab] < 2 * cfg.min_victims:
                 todo = [f.index for f in findings if f.label == lab and not f.verified and f.index not in done]
-                done.update(search_until_futile(model, enc, images, findings, todo, whole, text, scale, cfg))
+                done.update(search_until_futile(model, enc, images, findings, todo, whole, text, scale, cfg,
+                                                enough=2 * cfg.min_victims))
     with clock("aggregate", tick=True):
         rng = np.random.default_rng(cfg.seed)
         names = list(vocab.classnames)
         suspects = [aggregate.confirm_probe_suspect(enc, images, findings, lab, kind, names[lab], stats, text, rng, cfg)
                     for lab, kind in picked]
+    # Every region of a victim: its objects caption it in a repair set, and the report shows them.
+    victims = sorted({i for s in suspects for i in s.victims})
+    complete_regions(model, enc, clock, images, reg, whole, g, text, scale, victims)
+    for i in victims:
+        describe_regions(findings[i], reg, g)
     return ProbeAnalysis(findings=findings, suspects=suspects, stats=stats, regions=reg, whole=whole)
 
 

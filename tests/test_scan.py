@@ -155,3 +155,42 @@ def test_the_window_search_stops_on_labels_where_it_is_futile(monkeypatch):
     assert sorted(searched) == done and len(set(done)) == len(done)  # no image searched twice
     per_label = np.bincount(labels[done], minlength=3)
     assert per_label[0] == 30 and per_label[1] == 8 and per_label[2] == (16 if 60 in done else 8), per_label
+    # After Algorithm 2 a label stops once enough of its images are verified to reconstruct the patch.
+    for f in findings:
+        f.verified = False
+    searched.clear()
+    done = search_until_futile(None, None, None, findings, list(range(30)), whole, None, 1.0, ScanConfig(), enough=4)
+    assert len(done) == 8 and sum(findings[i].verified for i in done) == 8
+
+
+def test_grounding_only_the_objects_gives_the_same_findings():
+    """The scan encodes the small and background-sized regions of an image only where its label
+    is ungrounded (or its background still shows the label): the same grounding, candidates,
+    verified regions, boxes and background views as encoding every region, with fewer inputs."""
+    from clipguard.oracle import get_oracle
+    from clipguard.scan import ScanConfig, _Clock, _Encoder, ground, oracle_regions, verify, whole_image_labels
+
+    model = clipguard.load_model("toy:fashion-badnet")
+    probe = load_probe("toy:fashion:80:0.1", model, seed=0)
+    text, scale, cfg = model.class_embeddings(toyworld.vocabulary("fashion")), model.logit_scale, ScanConfig()
+    whole = whole_image_labels(_Encoder(model, 256), probe.images, text, scale)
+    reg = oracle_regions(get_oracle("classical"), probe.images, cfg)
+    runs = {}
+    for complete in (True, False):
+        enc = _Encoder(model, 256)
+        g = ground(model, enc, _Clock(None), probe.images, reg, whole, text, scale, cfg, complete=complete)
+        runs[complete] = (g, verify(model, enc, _Clock(None), probe.images, reg, whole, g, text, scale, cfg), enc.count)
+    (g_all, all_, n_all), (g_obj, obj, n_obj) = runs[True], runs[False]
+    assert g_all.encoded.all() and g_obj.encoded[g_obj.object_sized].all() and not g_obj.encoded.all()
+    np.testing.assert_array_equal(g_all.grounded, g_obj.grounded)
+    np.testing.assert_array_equal(g_all.candidate, g_obj.candidate)
+    assert n_obj < n_all
+    for a, b in zip(all_, obj):
+        assert (a.candidate, a.verified, a.trigger_box, a.background_holds, a.object_labels) == \
+               (b.candidate, b.verified, b.trigger_box, b.background_holds, b.object_labels)
+        assert b.global_share <= a.global_share
+        assert [x for x in b.region_labels if x is not None] == [x for x, y in zip(a.region_labels, b.region_labels)
+                                                                  if y is not None]
+        if not b.grounded or b.background_holds:
+            assert b.region_labels == a.region_labels and b.global_share == a.global_share
+    assert sum(f.verified for f in obj) > 0 and any(None in f.region_labels for f in obj)
