@@ -46,6 +46,13 @@ def _data_uri(image: np.ndarray, scale: int = 1) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(image, scale)).decode()
 
 
+def _region_name(names: list[str] | None, lab: int | None) -> str:
+    """A region's label in the report: its name, or a dash where the scan did not encode it."""
+    if lab is None:
+        return "–"
+    return html.escape(names[lab]) if names else str(lab)
+
+
 def _outline(image: np.ndarray, box: Any, color: tuple[int, int, int] = (255, 0, 60)) -> np.ndarray:
     out = image.copy()
     if box is None:
@@ -240,7 +247,7 @@ affected labels: <b>{e(', '.join(self.affected_labels) or 'none')}</b> &nbsp;·&
             for v in self.victims[:max_victims]:
                 f = self.findings[v.index]
                 views = "".join(
-                    f'<span class="rv"><img class="px" src="{_data_uri(view, max(1, scale // 2))}"><br>{e(names[lab]) if names else lab}</span>'
+                    f'<span class="rv"><img class="px" src="{_data_uri(view, max(1, scale // 2))}"><br>{_region_name(names, lab)}</span>'
                     for view, lab in zip(self.region_views.get(v.index, []), f.region_labels))
                 parts.append(f"""<div class="card"><img class="px" src="{_data_uri(_outline(self.images[v.index], v.trigger_box), scale)}"><br>
 #{v.index}: model says <b>{e(v.label)}</b>, located by {e(str(v.localized_by))}<br>

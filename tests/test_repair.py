@@ -48,6 +48,32 @@ def test_finetune_set_is_compact_and_targeted(badnet_scan):
     assert len(fset.holdout) > 100
 
 
+def test_finetune_set_falls_back_to_the_models_labels_when_little_is_grounded(badnet_scan):
+    """A backdoor that fires on the scan's own region views (a WaNet model's resampling) leaves
+    few grounded images of other labels: the set then takes ungrounded ones, captioned with the
+    model's own label, rather than coming out with no clean images at all."""
+    import copy
+
+    _, probe, report = badnet_scan
+    starved = copy.copy(report)
+    starved.findings = [copy.copy(f) for f in report.findings]
+    victims = {v.index for v in report.victims}
+    kept = 0
+    for f in starved.findings:
+        if f.grounded and f.index not in victims and f.label != VOCAB.index("star"):
+            kept += 1
+            f.grounded = kept <= 20  # 20 grounded others left, under a quarter of the 300 pairs
+    fset = build_finetune_set(starved, pairs=300)
+    clean = fset.sources[np.array(fset.kinds) == "clean"]
+    assert len(clean) > 75
+    by_index = {f.index: f for f in starved.findings}
+    ungrounded = [i for i in clean.tolist() if not by_index[i].grounded]
+    assert len(ungrounded) > 50 and not set(clean.tolist()) & victims
+    for labs, kind, src in zip(fset.labels, fset.kinds, fset.sources.tolist()):
+        if kind == "clean" and not by_index[src].grounded:
+            assert labs[0] == by_index[src].label  # captioned with the model's own label first
+
+
 def test_finetune_set_round_trips_and_rejects_bad_input(badnet_scan, tmp_path):
     _, _, report = badnet_scan
     fset = build_finetune_set(report, pairs=120, seed=3)
