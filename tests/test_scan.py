@@ -170,9 +170,9 @@ def test_grounding_only_the_objects_gives_the_same_findings():
     from clipguard.oracle import get_oracle
     from clipguard.scan import ScanConfig, _Clock, _Encoder, ground, oracle_regions, verify, whole_image_labels
 
-    model = clipguard.load_model("toy:fashion-badnet")
-    probe = load_probe("toy:fashion:80:0.1", model, seed=0)
-    text, scale, cfg = model.class_embeddings(toyworld.vocabulary("fashion")), model.logit_scale, ScanConfig()
+    model = clipguard.load_model("toy:badnet")  # shapes: no data files needed
+    probe = load_probe("toy:shapes:200:0.1", model, seed=0)
+    text, scale, cfg = model.class_embeddings(toyworld.vocabulary("shapes")), model.logit_scale, ScanConfig()
     whole = whole_image_labels(_Encoder(model, 256), probe.images, text, scale)
     reg = oracle_regions(get_oracle("classical"), probe.images, cfg)
     runs = {}
