@@ -225,8 +225,7 @@ def verify(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray, reg: Re
     # it. (Occluding an ordinary object can also change a multi-object scene's label; isolating
     # it then shows that object, not the label.) Only such regions get an occluded view.
     sel = sel[(reg.area[sel] <= cfg.trigger_area) & (g.region_label[sel] == g.candidate[index[sel]])]
-    occ_emb, background_holds = _occlusion_views(model, enc, clock, images, reg, whole, text, scale, cfg, sel,
-                                                 np.arange(n))
+    occ_emb, background_holds = _occlusion_views(model, enc, clock, images, reg, whole, text, scale, cfg, sel)
     complete_regions(model, enc, clock, images, reg, whole, g, text, scale, np.nonzero(background_holds)[0])
     with clock("scoring"):
         trig = scoring.trigger_scores(occ_emb, g.iso_emb[sel], whole.emb, index[sel], g.candidate, text, scale)
@@ -263,31 +262,26 @@ def describe_regions(f: ImageFinding, reg: Regions, g: Grounding) -> None:
 
 
 def _occlusion_views(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray, reg: Regions, whole: WholeImage,
-                     text: np.ndarray, scale: float, cfg: ScanConfig, occlude: np.ndarray,
-                     background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of regions ``occlude``'s occluded views, and whether each image of
-    ``background`` still shows its label with all its regions occluded (an image without
-    regions: its own whole-image probability, nothing encoded twice)."""
-    h, w = images.shape[1:3]
-    counts = np.diff(reg.start)[background]
-    bg = background[counts > 0]
-    holds = whole.prob[background] >= cfg.background_prob  # the label is the whole image's top-1
-    if not len(occlude) and not len(bg):
+                     text: np.ndarray, scale: float, cfg: ScanConfig, occlude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of regions ``occlude``'s occluded views, and whether each image still shows
+    its label with all its regions occluded (an image without regions: its own whole-image
+    probability, nothing encoded twice)."""
+    has = np.diff(reg.start) > 0
+    holds = whole.prob >= cfg.background_prob  # the label is the whole image's top-1
+    if not len(occlude) and not has.any():
         return np.zeros((0, text.shape[1]), np.float32), holds
     with clock("render"):
-        union = np.zeros((len(bg), h, w), bool)
-        for j, i in enumerate(bg.tolist()):
-            union[j] = reg.masks[reg.start[i]:reg.start[i + 1]].any(axis=0)
+        union = np.logical_or.reduceat(reg.masks, reg.start[:-1][has], axis=0) if has.any() else reg.masks[:0]
         views = _render(model, images, np.concatenate([reg.masks[occlude], union]),
-                        np.concatenate([reg.index[occlude], bg]), "occlude")
+                        np.concatenate([reg.index[occlude], np.nonzero(has)[0]]), "occlude")
     with clock("encode_regions"):
         emb = enc.pixels(views)
     del views, union
     with clock("scoring"):
-        if len(bg):
+        if has.any():
             p = scoring.probabilities(emb[len(occlude):], text, scale)
-            label = whole.label[bg]
-            holds[counts > 0] = (p.argmax(axis=1) == label) & (p[np.arange(len(bg)), label] >= cfg.background_prob)
+            label = whole.label[has]
+            holds[has] = (p.argmax(axis=1) == label) & (p[np.arange(len(label)), label] >= cfg.background_prob)
     return emb[: len(occlude)], holds
 
 
@@ -406,7 +400,7 @@ def probe_analysis(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray,
         names = list(vocab.classnames)
         suspects = [aggregate.confirm_probe_suspect(enc, images, findings, lab, kind, names[lab], stats, text, rng, cfg)
                     for lab, kind in picked]
-    # Every region of a victim: its objects caption it in a repair set, and the report shows them.
+    # Every region of a victim, labelled: the report shows them (the trigger's own region among them).
     victims = sorted({i for s in suspects for i in s.victims})
     complete_regions(model, enc, clock, images, reg, whole, g, text, scale, victims)
     for i in victims:
