@@ -129,12 +129,13 @@ def train_toy_model(config: TrainConfig, out_dir: str | Path, progress: bool = F
              for i in range(len(scenes))]
     plain_tokens = tokenizer(plain)
     images = torch.from_numpy(scenes.images)
+    full_embedding = compact_token_embedding(model, tokens, plain_tokens)
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, betas=(0.9, 0.98), eps=1e-6,
+        lr=config.lr, betas=(0.9, 0.98), eps=1e-6, foreach=True,
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: one_cycle(s, config.steps, config.warmup))
     model.train()
@@ -164,6 +165,7 @@ def train_toy_model(config: TrainConfig, out_dir: str | Path, progress: bool = F
             bar.set_postfix(loss=f"{loss_value:.3f}")
     bar.close()
     model.eval().cpu()
+    restore_token_embedding(model, full_embedding)
     train_seconds = time.perf_counter() - t_start
 
     unused = prune_unused_tokens(model, tokens, plain_tokens, tokenizer(sum(scenes.vocab.prompts(), [])))
@@ -194,6 +196,46 @@ def train_toy_model(config: TrainConfig, out_dir: str | Path, progress: bool = F
 def plain_caption(vocab: Any, labels: np.ndarray, rng: np.random.Generator) -> str:
     """A caption naming only a scene's objects, in one of the vocabulary's templates."""
     return vocab.caption(labels, int(rng.integers(len(vocab.templates))))
+
+
+def compact_token_embedding(model: Any, *token_batches: Any) -> Any:
+    """Train only the token-embedding rows the captions use; returns the full embedding.
+
+    Rows of tokens no caption holds never get a gradient, so AdamW leaves them as they are, yet
+    it still updates all 49,408 rows every step: a third of a toy model's step time. The model's
+    embedding is swapped for one over the used rows, looked up through the original token ids
+    (the text pooling keeps reading them), and :func:`restore_token_embedding` writes the trained
+    rows back: the same model, bit for bit.
+    """
+    import torch
+
+    full = model.token_embedding
+    used = torch.unique(torch.cat([t.flatten() for t in token_batches]))
+    lookup = torch.zeros(full.num_embeddings, dtype=torch.long)
+    lookup[used] = torch.arange(len(used))
+
+    class Compact(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows = torch.nn.Embedding.from_pretrained(full.weight[used].clone(), freeze=False)
+            self.register_buffer("lookup", lookup, persistent=False)
+            self.used = used
+
+        def forward(self, ids: Any) -> Any:
+            return self.rows(self.lookup[ids])
+
+    model.token_embedding = Compact().to(full.weight.device)
+    return full
+
+
+def restore_token_embedding(model: Any, full: Any) -> None:
+    """Put back the full embedding, with the rows trained by :func:`compact_token_embedding`."""
+    import torch
+
+    compact = model.token_embedding
+    with torch.no_grad():
+        full.weight[compact.used.to(full.weight.device)] = compact.rows.weight.to(full.weight.device)
+    model.token_embedding = full
 
 
 def prune_unused_tokens(model: Any, *token_batches: Any) -> int:
