@@ -76,6 +76,10 @@ class SynthesisConfig:
     global_lr: float = 0.01  # Adam step of the global offset (pixels in [0, 1])
     target_flip: float = 0.9  # a trigger must send this share of images to its label
     patch_cost: float = 0.2  # initial weight of the mask area (adapted per label)
+    # ... and of the mask's total variation beside its area, as in TABOR: a mask free to scatter
+    # finds a clean model's adversarial pixels as readily as a trigger, and misses a trigger at one
+    # place (a solid 6 px corner patch: held-out flip 6% scattered, 84-92% with this term).
+    patch_smoothness: float = 1.0
     global_cost: float = 5.0  # initial weight of the offset's RMS (adapted per label)
     adapt_every: int = 5
     anomaly: float = 2.0  # MAD index of the log size, low side, above which a label is a suspect ...
@@ -98,6 +102,8 @@ class SynthesisConfig:
                 raise ValueError(f"SynthesisConfig.{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if not 0 < self.target_flip <= 1 or min(self.lr, self.global_lr, self.patch_cost, self.global_cost) <= 0:
             raise ValueError("SynthesisConfig: need 0 < target_flip <= 1 and lr, global_lr, patch_cost, global_cost > 0")
+        if not self.patch_smoothness >= 0:
+            raise ValueError(f"SynthesisConfig.patch_smoothness must be >= 0, got {self.patch_smoothness!r}")
         if self.device != "cpu":
             raise ValueError(f"SynthesisConfig.device: the synthesis runs on the CPU in this version, got {self.device!r}")
         self.kinds = tuple(self.kinds)
@@ -168,6 +174,11 @@ def _strength(kind: str, t: LabelTriggers, cfg: SynthesisConfig) -> np.ndarray:
     return t.heldout / cfg.generalize
 
 
+def _total_variation(m: Any) -> Any:
+    """Per mask [C,1,S,S]: the mean absolute difference of neighbouring pixels, both axes."""
+    return (m[..., 1:, :] - m[..., :-1, :]).abs().mean(dim=(1, 2, 3)) + (m[..., 1:] - m[..., :-1]).abs().mean(dim=(1, 2, 3))
+
+
 def _mad_low(values: np.ndarray) -> np.ndarray:
     """The anomaly index of small values: (median - x) / (1.4826 MAD), on log values."""
     x = np.log(np.maximum(values, 1e-6))
@@ -216,7 +227,8 @@ def _optimize(torch: Any, tm: Any, pixels: Any, own: Any, text: Any, scale: floa
         z = F.normalize(tm.image_features(((x.reshape(c * k, 3, s, s)) - mean) / std), dim=-1)
         logits = scale * z @ text.t()
         ce = F.cross_entropy(logits, target, reduction="none").view(c, k)
-        loss = ((ce * valid).sum(1) / valid.sum(1).clamp(min=1) + cost * size).sum()
+        penalty = size + cfg.patch_smoothness * _total_variation(m) if kind == "patch" else size
+        loss = ((ce * valid).sum(1) / valid.sum(1).clamp(min=1) + cost * penalty).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

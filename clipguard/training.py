@@ -37,7 +37,7 @@ class TrainConfig:
     seed: int = 0
     eval_scenes: int = 2000  # held-out single-object scenes for CA and ASR
     architecture: str = ""  # open_clip architecture; "" picks clipguard-toy for the world's image size
-    threads: int = 0  # torch CPU threads (0: torch's default); results do not depend on it
+    threads: int = 0  # torch CPU threads (0: torch's default); the weights depend on it (float sums in another order)
     device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto"; the bundled models are trained on CPU
     plain_share: float = 1.0  # share of pairs per step whose caption names only the objects
     extra: dict[str, Any] = field(default_factory=dict)
@@ -218,11 +218,11 @@ def compact_token_embedding(model: Any, *token_batches: Any) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.rows = torch.nn.Embedding.from_pretrained(full.weight[used].clone(), freeze=False)
-            self.register_buffer("lookup", lookup, persistent=False)
+            self.lookup: Any = lookup
             self.used = used
 
         def forward(self, ids: Any) -> Any:
-            return self.rows(self.lookup[ids])
+            return self.rows(self.lookup.to(ids.device)[ids])
 
     model.token_embedding = Compact().to(full.weight.device)
     return full

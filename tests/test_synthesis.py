@@ -116,6 +116,37 @@ def test_few_steps_optimize_every_label_together(tmp_path):
         SynthesisConfig(kinds=("blur",))
 
 
+def test_the_mask_smoothness_is_part_of_the_patch_loss():
+    """The total-variation term (which keeps a mask in one place instead of scattered pixels, as
+    a clean model's adversarial patch is) pulls on the mask: weighted heavily, ten steps flatten
+    the initial noise of every label's mask; without it the noise stays."""
+    import torch
+
+    from clipguard.models import torch_twin
+    from clipguard.synthesis import _optimize, _total_variation
+
+    compact, scattered = np.zeros((1, 1, 12, 12), np.float32), np.zeros((1, 1, 12, 12), np.float32)
+    compact[..., 2:6, 2:6] = 1
+    scattered[..., ::3, ::3] = 1  # the same 16 pixels, apart
+    assert float(_total_variation(torch.from_numpy(compact))) < 0.3 * float(_total_variation(torch.from_numpy(scattered)))
+    model = clipguard.load_model("toy:badnet")
+    tm = torch_twin(model, "cpu")
+    pix = torch.from_numpy(tm.preprocess(load_probe("toy:shapes:12:0", model, seed=5).images))
+    pix = pix * torch.tensor(tm.std).view(1, 3, 1, 1) + torch.tensor(tm.mean).view(1, 3, 1, 1)
+    text = torch.from_numpy(model.class_embeddings(VOCAB))
+    for p in tm.torch_module.parameters():
+        p.requires_grad_(False)
+    tv = {}
+    for smooth in (0.0, 1000.0):
+        cfg = SynthesisConfig(steps=10, patch_smoothness=smooth, target_flip=1.0)
+        t, _ = _optimize(torch, tm, pix, torch.arange(12) % 10, text, model.logit_scale, "patch", cfg,
+                         torch.Generator().manual_seed(0))
+        tv[smooth] = float(_total_variation(torch.from_numpy(t.masks)[:, None]).mean())
+    assert tv[1000.0] < 0.5 * tv[0.0], tv
+    with pytest.raises(ValueError, match="patch_smoothness"):
+        SynthesisConfig(patch_smoothness=-1.0)
+
+
 def _sig_backdoor(images):
     """A stand-in model with a SIG backdoor: label 2 when the image carries a horizontal sinusoid
     of 5-8 periods across it (stripes down the height do nothing), else the image's own label 0/1."""
