@@ -105,7 +105,7 @@ def build(root: Path, only: list[str] | None, jobs: int = 1) -> None:
             print(f"{name}: built", flush=True)
         else:
             todo.append(name)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = 0 if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)  # 0: torch's default, as before --jobs
     t0 = time.perf_counter()
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         running = {pool.submit(_train, name, root / name, threads): name for name in todo}
