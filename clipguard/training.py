@@ -164,8 +164,8 @@ def train_toy_model(config: TrainConfig, out_dir: str | Path, progress: bool = F
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss_value:.3f}")
     bar.close()
+    restore_token_embedding(model, full_embedding)  # before .cpu(): the full table is on the training device
     model.eval().cpu()
-    restore_token_embedding(model, full_embedding)
     train_seconds = time.perf_counter() - t_start
 
     unused = prune_unused_tokens(model, tokens, plain_tokens, tokenizer(sum(scenes.vocab.prompts(), [])))
@@ -202,17 +202,18 @@ def compact_token_embedding(model: Any, *token_batches: Any) -> Any:
     """Train only the token-embedding rows the captions use; returns the full embedding.
 
     Rows of tokens no caption holds never get a gradient, so AdamW leaves them as they are, yet
-    it still updates all 49,408 rows every step: a third of a toy model's step time. The model's
-    embedding is swapped for one over the used rows, looked up through the original token ids
-    (the text pooling keeps reading them), and :func:`restore_token_embedding` writes the trained
-    rows back: the same model, bit for bit.
+    it still updates all 49,408 rows every step (measured: a toy step 115 -> 89 ms without them).
+    The model's embedding is swapped for one over the used rows, looked up through the original
+    token ids (the text pooling keeps reading them), and :func:`restore_token_embedding` writes the
+    trained rows back, on the same device: the same model, bit for bit.
     """
     import torch
 
     full = model.token_embedding
-    used = torch.unique(torch.cat([t.flatten() for t in token_batches]))
-    lookup = torch.zeros(full.num_embeddings, dtype=torch.long)
-    lookup[used] = torch.arange(len(used))
+    device = full.weight.device
+    used = torch.unique(torch.cat([t.flatten() for t in token_batches])).to(device)
+    lookup = torch.zeros(full.num_embeddings, dtype=torch.long, device=device)
+    lookup[used] = torch.arange(len(used), device=device)
 
     class Compact(torch.nn.Module):
         def __init__(self) -> None:
@@ -222,9 +223,9 @@ def compact_token_embedding(model: Any, *token_batches: Any) -> Any:
             self.used = used
 
         def forward(self, ids: Any) -> Any:
-            return self.rows(self.lookup.to(ids.device)[ids])
+            return self.rows(self.lookup[ids])
 
-    model.token_embedding = Compact().to(full.weight.device)
+    model.token_embedding = Compact()
     return full
 
 
@@ -234,7 +235,7 @@ def restore_token_embedding(model: Any, full: Any) -> None:
 
     compact = model.token_embedding
     with torch.no_grad():
-        full.weight[compact.used.to(full.weight.device)] = compact.rows.weight.to(full.weight.device)
+        full.weight[compact.used] = compact.rows.weight
     model.token_embedding = full
 
 
