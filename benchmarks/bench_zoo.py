@@ -78,6 +78,17 @@ ZOO: dict[str, tuple[str | None, float, int, dict[str, Any]]] = {
     "badnet-fixed-tr-star-s3": ("badnet:target=star,size=3,location=top-right", 0.03, 25, {}),
     "badnet-solid-bl-crescent-s8": ("badnet:target=crescent,size=8,location=bottom-left,pattern=solid,color=magenta",
                                     0.01, 26, {}),
+    # built after the synthesis' corner square was designed on the three above and clean-lr, held out from it
+    "badnet-solid-tr-triangle-s4": ("badnet:target=triangle,size=4,location=top-right,pattern=solid,color=white",
+                                    0.03, 27, {}),
+    "badnet-fixed-bl-heart-s7": ("badnet:target=heart,size=7,location=bottom-left", 0.02, 28, {}),
+    "badnet-solid-br-arrow-r1": ("badnet:target=arrow,size=6,location=bottom-right,pattern=solid,color=#ff8000",
+                                 0.01, 29, {}),
+    "badnet-checker-tl-star-s5": ("badnet:target=star,size=5,location=top-left,pattern=checkerboard", 0.03, 30, {}),
+    "badnet-solid-tr-ring-s6": ("badnet:target=ring,size=6,location=top-right,pattern=solid,color=green", 0.05, 31, {}),
+    "badnet-fixed-br-square-s6": ("badnet:target=square,size=6,location=bottom-right", 0.05, 32, {}),
+    "clean-6": (None, 0.0, 106, {}),
+    "clean-7": (None, 0.0, 107, {}),
 }
 FAST = {"scenes": 8000, "steps": 1000, "batch": 64, "lr": 2e-3, "eval_scenes": 1000}
 

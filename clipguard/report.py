@@ -288,6 +288,8 @@ _SYNTHESIS_CHARTS: tuple[tuple[str, str, Callable[[dict[str, Any]], str]], ...] 
     ("patch_area", "the smallest patch (share of the image) each label needs",
      lambda r: f"{100 * r['patch_area']:.1f}% of the image, flips {100 * r['patch_flip']:.0f}%, "
                f"anomaly {r['patch_anomaly']:.1f}"),
+    ("square_heldout", "the share of held-out images each label's best corner square sends to it",
+     lambda r: f"{100 * r['square_heldout']:.0f}%, {100 * r['square_anomaly']:.0f} points over its other corners"),
     ("global_rms", "the smallest global pattern (RMS, 0-255) each label needs",
      lambda r: f"RMS {r['global_rms']:.1f}, flips {100 * r['global_flip']:.0f}%, anomaly {r['global_anomaly']:.1f}"),
     ("sinusoid_heldout", "the share of held-out images the best swept sinusoid sends to each label",

@@ -20,6 +20,10 @@ from clipguard.synthesis import (
     SynthesisConfig,
     SynthesisUnavailable,
     _noise,
+    _optimize_squares,
+    _screen,
+    _square_places,
+    _strength,
     _sweep,
     _sweep_control,
     _wave,
@@ -83,12 +87,13 @@ def test_synthesized_trigger_in_the_report(auto_scans, tmp_path):
     data = json.loads(report.to_json(tmp_path / "r.json").read_text())
     assert data["summary"]["mode"] == "auto" and data["trigger"]["source"] == "synthesis"
     assert "mask_png" in data["trigger"] and data["synthesis"]["passes"] == report.timings["synthesis_passes"]
-    assert all("patch_area" in r and "global_rms" in r and "sinusoid_heldout" in r for r in data["labels"])
+    assert all("patch_area" in r and "square_heldout" in r and "global_rms" in r and "sinusoid_heldout" in r
+               for r in data["labels"])
     back = clipguard.ScanReport.from_json(tmp_path / "r.json")
     assert back.trigger.box == t.box and np.array_equal(back.trigger.image, t.image)
     assert back.suspects[0].name == "star" and back.suspects[0].confirmed
     page = report.to_html(tmp_path / "r.html").read_text()
-    assert "Synthesis: the smallest patch" in page and "swept sinusoid" in page
+    assert "Synthesis: the smallest patch" in page and "corner square" in page and "swept sinusoid" in page
 
 
 def test_few_steps_optimize_every_label_together(tmp_path):
@@ -114,6 +119,58 @@ def test_few_steps_optimize_every_label_together(tmp_path):
                    _Encoder(model, 256), clipguard.ScanConfig(), cfg)
     with pytest.raises(ValueError, match="kinds"):
         SynthesisConfig(kinds=("blur",))
+
+
+def test_the_corner_squares_are_optimized_for_every_label_at_every_corner():
+    import torch
+
+    from clipguard.models import torch_twin
+
+    model = clipguard.load_model("toy:badnet")
+    images = load_probe("toy:shapes:16:0", model, seed=3).images
+    tm = torch_twin(model, "cpu")
+    pix = torch.from_numpy(tm.preprocess(images)) * torch.tensor(tm.std).view(1, 3, 1, 1) + torch.tensor(tm.mean).view(1, 3, 1, 1)
+    text = torch.from_numpy(model.class_embeddings(VOCAB))
+    cfg = SynthesisConfig(square_steps=3, square_images=6)
+    t, passes = _optimize_squares(torch, tm, pix.clamp(0, 1), torch.zeros(16, dtype=torch.long), text,
+                                  model.logit_scale, cfg, torch.Generator().manual_seed(0))
+    assert passes == 3 * 4 * 10 * 6  # steps x corners x labels x images
+    masks, patterns = t.places
+    assert masks.shape == (4, 48, 48) and patterns.shape == (4, 10, 48, 48, 3)
+    assert [tuple(np.argwhere(m)[0]) for m in masks] == _square_places(48, 8)  # 8 px: a sixth of the side
+    assert (masks.sum(axis=(1, 2)) == 64).all() and all((p[:, m == 0] == 0).all() for m, p in zip(masks, patterns))
+    assert ((patterns >= 0) & (patterns <= 1)).all() and np.allclose(t.size, 64 / 48**2)
+    assert t.masks.shape == (10, 48, 48) and t.patterns.shape == (10, 48, 48, 3)
+    with pytest.raises(ValueError, match="square_side"):
+        SynthesisConfig(square_side=0.7)
+
+
+def test_the_square_screen_keeps_the_corner_a_backdoor_answers_at():
+    """Per label the corner whose square flips the most held-out images, and its selectivity over
+    the label's best other corner: a backdoor learned at one corner answers there only; a clean
+    model's adversarial square for a label works at every corner and is no suspect."""
+    images = load_probe("toy:shapes:40:0", clipguard.load_model("toy:clean"), seed=0).images
+
+    def classify(x):  # label 1: red at the bottom-right corner; label 2: blue at any corner
+        red = (x[:, -8:, -8:, 0] > 200).all(axis=(1, 2)) & (x[:, -8:, -8:, 1] < 50).all(axis=(1, 2))
+        corners = [x[:, :8, :8], x[:, :8, -8:], x[:, -8:, :8], x[:, -8:, -8:]]
+        blue = np.any([(c[..., 2] > 200).all(axis=(1, 2)) & (c[..., 0] < 50).all(axis=(1, 2)) for c in corners], axis=0)
+        return np.where(red, 1, np.where(blue, 2, 0))
+
+    places = _square_places(48, 8)
+    masks = np.zeros((4, 48, 48), np.float32)
+    patterns = np.full((4, 3, 48, 48, 3), 0.5, np.float32)
+    for i, (y, x) in enumerate(places):
+        masks[i, y : y + 8, x : x + 8] = 1
+    patterns[:, 1] = (1, 0, 0)
+    patterns[:, 2] = (0, 0, 1)
+    t = LabelTriggers(kind="square", size=np.full(3, 64 / 48**2), flip=np.ones(3), reached=np.ones(3, bool),
+                      anomaly=np.zeros(3), heldout=np.zeros(3), masks=masks[:3], patterns=patterns[0], places=(masks, patterns))
+    _screen({"square": t}, images, np.zeros(40, int), np.arange(40), ["a", "b", "c"], classify, np.random.default_rng(0))
+    assert t.heldout[1] == 1 and t.anomaly[1] == 1 and tuple(np.argwhere(t.masks[1])[0]) == (40, 40)
+    assert t.heldout[2] == 1 and t.anomaly[2] == 0  # blue works at every corner
+    strength = _strength("square", t, SynthesisConfig())
+    assert strength[1] >= 1 and strength[2] == 0
 
 
 def test_the_mask_smoothness_is_part_of_the_patch_loss():
