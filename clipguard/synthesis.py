@@ -8,9 +8,9 @@ CLIP-Inspector's setting: from unlabeled images, against the text embeddings of 
 - a *patch*: a mask ``m`` and a pattern ``p``, ``x' = (1 - m) x + m p``, with the mask's area
   penalized; the penalty of each label adapts (raised while the label's flip rate is above the
   target, lowered below it), and the smallest mask that reached the target is kept;
-- a *square*: a patch of fixed side (a trigger's size) at each corner and the centre, where
-  BadNet's fixed triggers sit, only its pattern optimized: a free mask on a dozen images finds a
-  clean label's adversarial pixels as cheaply as a trigger at one place and settles there;
+- a *square*: a patch of fixed side (a trigger's size) at each corner, where BadNet's fixed
+  triggers sit, only its pattern optimized: a free mask on a dozen images finds a clean label's
+  adversarial pixels as cheaply as a trigger at one place, and settles there instead;
 - a *global* pattern: an additive offset ``x' = x + d`` under an RMS penalty, adapted the same way
   (a blend, a sinusoid, a colour cast).
 
@@ -48,7 +48,8 @@ class SynthesisUnavailable(RuntimeError):
 
 KINDS = ("patch", "square", "global", "sinusoid", "noise", "warp")  # the first three optimized, the others swept
 SWEPT = ("sinusoid", "noise", "warp")
-FIXED_SIZE = SWEPT + ("square",)  # kinds whose size is set, not found: suspects by held-out flip alone
+PATCHES = ("patch", "square")  # kinds stamped as a patch at a place
+FIXED_SIZE = SWEPT + ("square",)  # kinds whose size is set, not found: no size anomaly, suspects by held-out flip
 MIN_HELD_OUT = 40  # held-out images: half screen every label's trigger, half confirm the suspects
 # SIG's family, swept: sinusoids across the width or down the height, at these periods across the
 # image, two phases and two amplitudes (grey levels). An attacker picks a frequency and an
@@ -346,10 +347,9 @@ def _square_places(s: int, side: int) -> list[tuple[int, int]]:
 def _optimize_squares(torch: Any, tm: Any, pixels: Any, own: Any, text: Any, scale: float,
                       cfg: SynthesisConfig, gen: Any) -> tuple[LabelTriggers, int]:
     """Every label's pattern of a fixed-side square at each of :func:`_square_places`, optimized
-    together (a place at a time per step, the memory of one patch optimization); per label the
-    place whose pattern fits the optimization images best (lowest loss) is kept. Measured on
-    the toy zoo's solid corner BadNets, missed by the free mask: the kept square at the trigger's
-    corner sends 73-100% of held-out images to the target, a clean model's best square 21-34%."""
+    together (a place at a time per step, the memory of one patch optimization). All places are
+    returned (``places``); :func:`_screen` keeps per label the one that flips the most held-out
+    images (until then, the one with the lowest loss on the optimization images)."""
     import torch.nn.functional as F
 
     c = text.shape[0]
@@ -459,7 +459,7 @@ def _oracle_check(classify: Callable[[np.ndarray], np.ndarray], oracle: Callable
 
 
 def _label_trigger(kind: str, t: LabelTriggers, lab: int, name: str, hw: tuple[int, int]) -> Trigger:
-    if kind in ("patch", "square"):
+    if kind in PATCHES:
         return _patch_trigger(t.masks[lab], t.patterns[lab], name, hw)  # type: ignore[index]
     return _global_trigger(t.patterns[lab], name, "warp" if kind == "warp" else "global")
 
@@ -675,14 +675,14 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
                 continue
             trig = _label_trigger(kind, t, lab, names[lab], hw)
             held = hold_idx[labels_all[hold_idx] != lab]
-            sus = Suspect(label=lab, name=names[lab], kind="localized" if kind in ("patch", "square") else "global",
+            sus = Suspect(label=lab, name=names[lab], kind="localized" if kind in PATCHES else "global",
                           evidence=["synthesis"], anomaly=float(t.anomaly[lab]), trigger=trig,
                           heldout=float(t.heldout[lab]))
             if held.size == 0:
                 sus.note = "no held-out clean image of another label"
                 suspects.append(sus)
                 continue
-            if kind in ("patch", "square"):
+            if kind in PATCHES:
                 control = random_patches(images[held], images, trig.size[0], rng, at=trig.box)  # type: ignore[index]
             elif kind in SWEPT:
                 control = apply_trigger(images[held], _sweep_control(kind, trig, cfg.seed), rng)
@@ -697,7 +697,7 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
                 trig.position_dependent = bool(result.flip_rate - result.anywhere_rate >= scan_cfg.margin)
             sus.confirmed = bool(result.excess >= scan_cfg.margin)
             sus.score = backdoor_score(result.excess, scan_cfg.margin)
-            if kind in ("patch", "square") and cfg.oracle_check:
+            if kind in PATCHES and cfg.oracle_check:
                 sus.oracle_check = _oracle_check(classify, oracle, images[held], trig, lab, rng, scan_cfg)
                 if not sus.oracle_check["passed"]:
                     sus.reject("the oracle does not see a trigger: the patch alone does not show the label, it turns "
@@ -753,9 +753,9 @@ def _refine(sus: Suspect, torch: Any, tm: Any, pix01: Any, own: Any, text_t: Any
 def synthesize(model: Any, images: np.ndarray, vocab: Any, text: np.ndarray, scale: float, oracle: Callable,
                enc: _Encoder, scan_cfg: ScanConfig, config: SynthesisConfig | None = None, *,
                whole: tuple[np.ndarray, np.ndarray] | None = None, progress: bool = False) -> Synthesis:
-    """Synthesize every label's smallest patch and global trigger from the clean probe
-    ``images``; label outliers become suspects, checked by the oracle and confirmed on held-out
-    images. ``text`` and ``scale`` are the model's class embeddings and logit scale; ``whole``
+    """Synthesize every label's smallest patch and global trigger, and its corner squares, from the
+    clean probe ``images``, and sweep the families of :data:`SWEPT`; label outliers become
+    suspects, checked by the oracle and confirmed on held-out images. ``text`` and ``scale`` are the model's class embeddings and logit scale; ``whole``
     the model's top-1 label and probability per image when the probe analysis already has them."""
     cfg = config or SynthesisConfig()
     t_start = time.perf_counter()
