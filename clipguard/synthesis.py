@@ -802,7 +802,9 @@ def synthesize(model: Any, images: np.ndarray, vocab: Any, text: np.ndarray, sca
     try:
         for kind in (k for k in cfg.kinds if k not in SWEPT):
             if kind == "square":
-                t, n = _optimize_squares(torch, tm, pix01, own, text_t, scale, cfg, gen)
+                # its own random stream: adding the squares leaves the other kinds' starts as they were
+                # (sharing one moved the global offset's start and lost a backdoor it had found)
+                t, n = _optimize_squares(torch, tm, pix01, own, text_t, scale, cfg, torch.Generator().manual_seed(cfg.seed))
             else:
                 t, n = _optimize(torch, tm, pix01, own, text_t, scale, kind, cfg, gen)
             triggers[kind], passes = t, passes + n
