@@ -8,8 +8,9 @@ passes. For ViT-B/32 (open_clip architecture, random weights: the cost does not 
 saved as a safetensors checkpoint and loaded through ``open_clip:ViT-B-32:PATH`` like a user's)
 each optimized kind runs ``--vit-steps`` steps on 224 px scenes with the default batch, each
 swept kind once; the seconds per step, times the default number of steps, give the synthesis'
-cost, printed beside the measured runs (each run's screen counted once per step: an upper bound). Timings here are absolute
-seconds on the machine named in the header, not ratios: they size the job.
+cost, printed beside the measured runs (each run's screen is scaled with its steps: an upper
+bound). Timings here are absolute seconds on the machine named in the header, not ratios: they
+size the job.
 """
 
 from __future__ import annotations
@@ -61,9 +62,9 @@ def vit_row(steps: int, device: str) -> None:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-        full = 1 if swept else (cfg.square_steps if kind == "square" else cfg.steps)
-        total += seconds * full / (1 if swept else steps)
-        passes += s.passes * full // (1 if swept else steps)
+        times = 1 if swept else (cfg.square_steps if kind == "square" else cfg.steps) / steps  # the default's share
+        total += seconds * times
+        passes += round(s.passes * times)
         what = f"{kind}: the sweep" if swept else f"{kind}: {steps} steps measured ({seconds / steps:.1f} s per step)"
         print(f"| ViT-B/32 (224 px, random weights, {device}) | {what} | {s.passes:,} | {seconds:.1f} | - |", flush=True)
     print(f"| ViT-B/32 (224 px, random weights, {device}) | default synthesis ({cfg.steps} steps per optimized kind, "

@@ -142,9 +142,19 @@ class LabelTriggers:
     heldout: np.ndarray  # [C]: flip rate of the trigger on held-out images (screening half)
     masks: np.ndarray | None  # [C,S,S] float32 (patch, square)
     patterns: np.ndarray  # [C,S,S,3] float32 in [0,1] (patch, square) or offsets in [-1,1] (global, swept)
-    # square: every place's mask [P,S,S] and every label's pattern there [P,C,S,S,3]; the screen
-    # keeps per label the place whose pattern flips the most held-out images
+    # square: every place's mask [P,S,S] and every label's pattern there [P,C,S,S,3], and their
+    # flip rates [P,C]; the screen keeps per label the place that flips the most held-out images
     places: tuple[np.ndarray, np.ndarray] | None = None
+    place_flip: np.ndarray | None = None
+
+    def keep(self, place: np.ndarray) -> None:
+        """Per label, take the trigger (and its flip rate) at ``place`` [C], an index into ``places``."""
+        assert self.places is not None
+        masks, patterns = self.places
+        labels = np.arange(len(place))
+        self.masks, self.patterns = masks[place], patterns[place, labels]
+        if self.place_flip is not None:
+            self.flip = self.place_flip[place, labels]
 
 
 @dataclass
@@ -211,18 +221,37 @@ def _mad_low(values: np.ndarray) -> np.ndarray:
     return (med - x) / max(mad, 1e-6)
 
 
+def _label_logits(torch: Any, tm: Any, x01: Any, text: Any, scale: float) -> Any:
+    """The model's logits over the labels for images [N,3,S,S] in [0, 1] (normalized here as its input)."""
+    import torch.nn.functional as F
+
+    mean = torch.tensor(tm.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(tm.std, dtype=torch.float32).view(1, 3, 1, 1)
+    return scale * F.normalize(tm.image_features((x01 - mean) / std), dim=-1) @ text.t()
+
+
+def _per_label(torch: Any, logits: Any, valid: Any) -> tuple[Any, Any]:
+    """For a batch of every label's triggers ([C*K] logits, label-major) and the images that count
+    for each label (``valid`` [C,K]): per label, the mean cross-entropy to it and the share of its
+    images it gets."""
+    import torch.nn.functional as F
+
+    c, k = valid.shape
+    labels = torch.arange(c)
+    ce = F.cross_entropy(logits, labels.repeat_interleave(k), reduction="none").view(c, k)
+    hit = (logits.argmax(1).view(c, k) == labels[:, None]).float()
+    n = valid.sum(1).clamp(min=1)
+    return (ce * valid).sum(1) / n, (hit * valid).sum(1) / n
+
+
 def _optimize(torch: Any, tm: Any, pixels: Any, own: Any, text: Any, scale: float, kind: str,
               cfg: SynthesisConfig, gen: Any) -> tuple[LabelTriggers, int]:
     """All labels' triggers of one kind, optimized together. ``pixels`` [K,3,S,S] in [0,1];
     ``own`` [K] the model's own label per image (an image does not count for its own label)."""
-    import torch.nn.functional as F
 
     c = text.shape[0]
     k, _, s, _ = pixels.shape
-    mean = torch.tensor(tm.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(tm.std, dtype=torch.float32).view(1, 3, 1, 1)
     valid = (own[None, :] != torch.arange(c)[:, None]).float()  # [C,K]
-    target = torch.arange(c).repeat_interleave(k)
     if kind == "patch":
         mask_logit = torch.full((c, 1, s, s), -3.0).add_(0.1 * torch.randn(c, 1, s, s, generator=gen))
         pattern_logit = torch.randn(c, 3, s, s, generator=gen)
@@ -248,18 +277,14 @@ def _optimize(torch: Any, tm: Any, pixels: Any, own: Any, text: Any, scale: floa
             d = offset
             x = (pixels[None] + d[:, None]).clamp(0, 1)
             size = d.pow(2).mean(dim=(1, 2, 3)).sqrt()
-        z = F.normalize(tm.image_features(((x.reshape(c * k, 3, s, s)) - mean) / std), dim=-1)
-        logits = scale * z @ text.t()
-        ce = F.cross_entropy(logits, target, reduction="none").view(c, k)
+        fit, flip = _per_label(torch, _label_logits(torch, tm, x.reshape(c * k, 3, s, s), text, scale), valid)
         penalty = size + cfg.patch_smoothness * _total_variation(m) if kind == "patch" else size
-        loss = ((ce * valid).sum(1) / valid.sum(1).clamp(min=1) + cost * penalty).sum()
+        loss = (fit + cost * penalty).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         passes += c * k
         with torch.no_grad():
-            hit = (logits.argmax(1).view(c, k) == torch.arange(c)[:, None]).float()
-            flip = (hit * valid).sum(1) / valid.sum(1).clamp(min=1)
             last_flip = flip
             good = (flip >= cfg.target_flip) & (size < best_size)
             if bool(good.any()):
@@ -311,8 +336,6 @@ def _refine_anywhere(torch: Any, tm: Any, pixels: Any, own: Any, text: Any, scal
     keep = own != lab
     x01 = pixels[keep] if bool(keep.any()) else pixels
     k = len(x01)
-    mean = torch.tensor(tm.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(tm.std, dtype=torch.float32).view(1, 3, 1, 1)
     logit = torch.randn(1, 3, side, side, generator=gen).requires_grad_()
     opt = torch.optim.Adam([logit], lr=cfg.lr)
     target = torch.full((k,), lab, dtype=torch.long)
@@ -325,7 +348,7 @@ def _refine_anywhere(torch: Any, tm: Any, pixels: Any, own: Any, text: Any, scal
         canvas = torch.cat([F.pad(p, (x, s - side - x, y, s - side - y)) for x, y in zip(xs, ys)])
         mask = torch.cat([F.pad(ones, (x, s - side - x, y, s - side - y)) for x, y in zip(xs, ys)])
         x = (1 - mask) * x01 + mask * canvas
-        logits = scale * F.normalize(tm.image_features((x - mean) / std), dim=-1) @ text.t()
+        logits = _label_logits(torch, tm, x, text, scale)
         loss = F.cross_entropy(logits, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -349,7 +372,7 @@ def _optimize_squares(torch: Any, tm: Any, pixels: Any, own: Any, text: Any, sca
     """Every label's pattern of a fixed-side square at each of :func:`_square_places`, optimized
     together (a place at a time per step, the memory of one patch optimization). All places are
     returned (``places``); :func:`_screen` keeps per label the one that flips the most held-out
-    images (until then, the one with the lowest loss on the optimization images)."""
+    images (until then, the one that flips the most optimization images)."""
     import torch.nn.functional as F
 
     c = text.shape[0]
@@ -357,43 +380,26 @@ def _optimize_squares(torch: Any, tm: Any, pixels: Any, own: Any, text: Any, sca
     k, _, s, _ = pixels.shape
     side = max(2, round(cfg.square_side * s))
     places = _square_places(s, side)
-    mean = torch.tensor(tm.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(tm.std, dtype=torch.float32).view(1, 3, 1, 1)
+    pads = [(x, s - side - x, y, s - side - y) for y, x in places]
+    masks = torch.stack([F.pad(torch.ones(1, side, side), pad) for pad in pads])  # [P,1,S,S]
     valid = (own[None, :] != torch.arange(c)[:, None]).float()  # [C,K]
-    target = torch.arange(c).repeat_interleave(k)
     logit = torch.randn(len(places), c, 3, side, side, generator=gen).requires_grad_()
     opt = torch.optim.Adam([logit], lr=cfg.square_lr)
-    loss = torch.zeros(len(places), c)
     flip = torch.zeros(len(places), c)
-
-    def stamp(i: int, y: int, x: int) -> Any:
-        pad = (x, s - side - x, y, s - side - y)
-        mask = F.pad(torch.ones(1, 1, side, side), pad)
-        return (1 - mask) * pixels[None] + (mask * F.pad(torch.sigmoid(logit[i]), pad))[:, None]  # [C,K,3,S,S]
-
     for _ in range(cfg.square_steps):
         opt.zero_grad(set_to_none=True)
-        for i, (y, x) in enumerate(places):
-            logits = scale * F.normalize(tm.image_features((stamp(i, y, x).reshape(c * k, 3, s, s) - mean) / std),
-                                         dim=-1) @ text.t()
-            ce = (F.cross_entropy(logits, target, reduction="none").view(c, k) * valid).sum(1) / valid.sum(1).clamp(min=1)
-            ce.sum().backward()
-            with torch.no_grad():
-                loss[i] = ce.detach()
-                hit = (logits.argmax(1).view(c, k) == torch.arange(c)[:, None]).float()
-                flip[i] = (hit * valid).sum(1) / valid.sum(1).clamp(min=1)
+        for i, pad in enumerate(pads):
+            x = (1 - masks[i]) * pixels[None] + (masks[i] * F.pad(torch.sigmoid(logit[i]), pad))[:, None]  # [C,K,3,S,S]
+            fit, flip[i] = _per_label(torch, _label_logits(torch, tm, x.reshape(c * k, 3, s, s), text, scale), valid)
+            fit.sum().backward()
         opt.step()
-    masks = np.zeros((len(places), s, s), np.float32)
-    patterns = np.zeros((len(places), c, s, s, 3), np.float32)
-    pattern = torch.sigmoid(logit).detach().permute(0, 1, 3, 4, 2).numpy()  # [P,C,side,side,3]
-    for i, (y, x) in enumerate(places):
-        masks[i, y : y + side, x : x + side] = 1
-        patterns[i, :, y : y + side, x : x + side] = pattern[i]
-    best = loss.argmin(dim=0).numpy()  # [C]: each label's place until the screen picks by held-out flip
-    return LabelTriggers(kind="square", size=np.full(c, side * side / (s * s)),
-                         flip=flip[best, torch.arange(c)].numpy().astype(np.float64), reached=np.ones(c, bool),
-                         anomaly=np.zeros(c), heldout=np.zeros(c), masks=masks[best], patterns=patterns[best, np.arange(c)],
-                         places=(masks, patterns)), cfg.square_steps * len(places) * c * k
+    patterns = np.stack([F.pad(p, pad).permute(0, 2, 3, 1).numpy()
+                         for p, pad in zip(torch.sigmoid(logit).detach(), pads)])  # [P,C,S,S,3]
+    t = LabelTriggers(kind="square", size=np.full(c, side * side / (s * s)), flip=np.zeros(c), reached=np.ones(c, bool),
+                      anomaly=np.zeros(c), heldout=np.zeros(c), masks=None, patterns=patterns[0],
+                      places=(masks[:, 0].numpy(), patterns), place_flip=flip.numpy().astype(np.float64))
+    t.keep(flip.argmax(dim=0).numpy())
+    return t, cfg.square_steps * len(places) * c * k
 
 
 def _patch_trigger(mask: np.ndarray, pattern: np.ndarray, name: str, image_hw: tuple[int, int]) -> Trigger:
@@ -490,10 +496,11 @@ def _screen(triggers: dict[str, LabelTriggers], images: np.ndarray, labels_all: 
             t.heldout = heldout(t)
             continue
         masks, patterns = t.places
-        rates = np.stack([heldout(replace(t, masks=np.repeat(m[None], c, axis=0), patterns=p))
+        rates = np.stack([heldout(replace(t, masks=np.broadcast_to(m, (c, *m.shape)), patterns=p))
                           for m, p in zip(masks, patterns)])  # [P,C]
         best = rates.argmax(axis=0)
-        t.masks, t.patterns, t.heldout = masks[best], patterns[best, np.arange(c)], rates[best, np.arange(c)]
+        t.keep(best)
+        t.heldout = rates[best, np.arange(c)]
         t.anomaly = t.heldout - np.sort(rates, axis=0)[-2]  # selectivity: over the label's best other place
 
 
