@@ -221,37 +221,63 @@ def _mad_low(values: np.ndarray) -> np.ndarray:
     return (med - x) / max(mad, 1e-6)
 
 
-def _label_logits(torch: Any, tm: Any, x01: Any, text: Any, scale: float) -> Any:
-    """The model's logits over the labels for images [N,3,S,S] in [0, 1] (normalized here as its input)."""
+class _LabelLogits:
+    """The frozen model's logits over the labels for images [N,3,S,S] in [0, 1] (normalized here
+    as its input), differentiable in the images: what every optimization below descends. On CPU
+    the images go in channels-last (oneDNN's convolution backward runs about a third faster so)
+    and an open_clip image tower's batch norms are folded into its convolutions (a frozen model's
+    batch norm is an affine map; folded, the toy ResNet's step costs about 30% less)."""
+
+    def __init__(self, torch: Any, tm: Any, text: Any, scale: float) -> None:
+        self.mean = torch.tensor(tm.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(tm.std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.text, self.scale, self.channels_last = text, scale, torch.channels_last
+        self.features = tm.image_features
+        visual: Any = tm.torch_module.visual if tm.kind == "open_clip" else None
+        if visual is not None and any(isinstance(m, torch.nn.BatchNorm2d) for m in visual.modules()):
+            from torch.fx.experimental.optimization import fuse
+
+            try:
+                self.features = fuse(visual, inplace=False)  # a copy: the model itself is left as it is
+            except Exception:  # noqa: BLE001  # a tower torch.fx cannot trace keeps its batch norms
+                pass
+            for p in getattr(self.features, "parameters", list)():
+                p.requires_grad_(False)
+
+    def __call__(self, x01: Any) -> Any:
+        import torch.nn.functional as F
+
+        x = ((x01 - self.mean) / self.std).contiguous(memory_format=self.channels_last)
+        return self.scale * F.normalize(self.features(x), dim=-1) @ self.text.t()
+
+
+def _pairs(torch: Any, own: Any, c: int) -> tuple[Any, Any]:
+    """The (label, image) pairs an optimization runs: each of the ``c`` labels with every image
+    but those the model already gives that label (``own``): they say nothing about the label's
+    trigger, and would cost a tenth of the passes."""
+    lab, img = (own[None, :] != torch.arange(c)[:, None]).nonzero(as_tuple=True)
+    return lab, img
+
+
+def _per_label(torch: Any, logits: Any, lab: Any, c: int) -> tuple[Any, Any]:
+    """For a batch of triggered images (``logits``, each image's trigger for label ``lab``): per
+    label, the mean cross-entropy to it and the share of its images it gets."""
     import torch.nn.functional as F
 
-    mean = torch.tensor(tm.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(tm.std, dtype=torch.float32).view(1, 3, 1, 1)
-    return scale * F.normalize(tm.image_features((x01 - mean) / std), dim=-1) @ text.t()
+    ce = F.cross_entropy(logits, lab, reduction="none")
+    hit = (logits.argmax(1) == lab).float()
+    n = torch.bincount(lab, minlength=c).clamp(min=1)
+    return torch.zeros(c).index_add(0, lab, ce) / n, torch.zeros(c).index_add(0, lab, hit) / n
 
 
-def _per_label(torch: Any, logits: Any, valid: Any) -> tuple[Any, Any]:
-    """For a batch of every label's triggers ([C*K] logits, label-major) and the images that count
-    for each label (``valid`` [C,K]): per label, the mean cross-entropy to it and the share of its
-    images it gets."""
-    import torch.nn.functional as F
-
-    c, k = valid.shape
-    labels = torch.arange(c)
-    ce = F.cross_entropy(logits, labels.repeat_interleave(k), reduction="none").view(c, k)
-    hit = (logits.argmax(1).view(c, k) == labels[:, None]).float()
-    n = valid.sum(1).clamp(min=1)
-    return (ce * valid).sum(1) / n, (hit * valid).sum(1) / n
-
-
-def _optimize(torch: Any, tm: Any, pixels: Any, own: Any, text: Any, scale: float, kind: str,
+def _optimize(torch: Any, label_logits: _LabelLogits, pixels: Any, own: Any, kind: str,
               cfg: SynthesisConfig, gen: Any) -> tuple[LabelTriggers, int]:
     """All labels' triggers of one kind, optimized together. ``pixels`` [K,3,S,S] in [0,1];
     ``own`` [K] the model's own label per image (an image does not count for its own label)."""
 
-    c = text.shape[0]
-    k, _, s, _ = pixels.shape
-    valid = (own[None, :] != torch.arange(c)[:, None]).float()  # [C,K]
+    c = label_logits.text.shape[0]
+    s = pixels.shape[-1]
+    lab, img = _pairs(torch, own, c)
     if kind == "patch":
         mask_logit = torch.full((c, 1, s, s), -3.0).add_(0.1 * torch.randn(c, 1, s, s, generator=gen))
         pattern_logit = torch.randn(c, 3, s, s, generator=gen)
@@ -271,19 +297,19 @@ def _optimize(torch: Any, tm: Any, pixels: Any, own: Any, text: Any, scale: floa
         if kind == "patch":
             m = torch.sigmoid(mask_logit)  # [C,1,S,S]
             p = torch.sigmoid(pattern_logit)
-            x = (1 - m[:, None]) * pixels[None] + (m * p)[:, None]  # [C,K,3,S,S]
+            x = (1 - m[lab]) * pixels[img] + (m * p)[lab]
             size = m.mean(dim=(1, 2, 3))
         else:
             d = offset
-            x = (pixels[None] + d[:, None]).clamp(0, 1)
+            x = (pixels[img] + d[lab]).clamp(0, 1)
             size = d.pow(2).mean(dim=(1, 2, 3)).sqrt()
-        fit, flip = _per_label(torch, _label_logits(torch, tm, x.reshape(c * k, 3, s, s), text, scale), valid)
+        fit, flip = _per_label(torch, label_logits(x), lab, c)
         penalty = size + cfg.patch_smoothness * _total_variation(m) if kind == "patch" else size
         loss = (fit + cost * penalty).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        passes += c * k
+        passes += len(lab)
         with torch.no_grad():
             last_flip = flip
             good = (flip >= cfg.target_flip) & (size < best_size)
@@ -323,7 +349,7 @@ def _optimize(torch: Any, tm: Any, pixels: Any, own: Any, text: Any, scale: floa
     ), passes
 
 
-def _refine_anywhere(torch: Any, tm: Any, pixels: Any, own: Any, text: Any, scale: float, lab: int, side: int,
+def _refine_anywhere(torch: Any, label_logits: _LabelLogits, pixels: Any, own: Any, lab: int, side: int,
                      cfg: SynthesisConfig, gen: Any) -> tuple[np.ndarray, float]:
     """A patch of ``side`` px for label ``lab`` optimized while pasted at a new random place on
     every image at every step (expectation over positions). A backdoor learned anywhere (BadNet's
@@ -348,7 +374,7 @@ def _refine_anywhere(torch: Any, tm: Any, pixels: Any, own: Any, text: Any, scal
         canvas = torch.cat([F.pad(p, (x, s - side - x, y, s - side - y)) for x, y in zip(xs, ys)])
         mask = torch.cat([F.pad(ones, (x, s - side - x, y, s - side - y)) for x, y in zip(xs, ys)])
         x = (1 - mask) * x01 + mask * canvas
-        logits = _label_logits(torch, tm, x, text, scale)
+        logits = label_logits(x)
         loss = F.cross_entropy(logits, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -367,30 +393,30 @@ def _square_places(s: int, side: int) -> list[tuple[int, int]]:
     return [(0, 0), (0, far), (far, 0), (far, far)]
 
 
-def _optimize_squares(torch: Any, tm: Any, pixels: Any, own: Any, text: Any, scale: float,
-                      cfg: SynthesisConfig, gen: Any) -> tuple[LabelTriggers, int]:
+def _optimize_squares(torch: Any, label_logits: _LabelLogits, pixels: Any, own: Any, cfg: SynthesisConfig,
+                      gen: Any) -> tuple[LabelTriggers, int]:
     """Every label's pattern of a fixed-side square at each of :func:`_square_places`, optimized
     together (a place at a time per step, the memory of one patch optimization). All places are
     returned (``places``); :func:`_screen` keeps per label the one that flips the most held-out
     images (until then, the one that flips the most optimization images)."""
     import torch.nn.functional as F
 
-    c = text.shape[0]
+    c = label_logits.text.shape[0]
     pixels, own = pixels[: cfg.square_images], own[: cfg.square_images]
-    k, _, s, _ = pixels.shape
+    s = pixels.shape[-1]
     side = max(2, round(cfg.square_side * s))
     places = _square_places(s, side)
     pads = [(x, s - side - x, y, s - side - y) for y, x in places]
     masks = torch.stack([F.pad(torch.ones(1, side, side), pad) for pad in pads])  # [P,1,S,S]
-    valid = (own[None, :] != torch.arange(c)[:, None]).float()  # [C,K]
+    lab, img = _pairs(torch, own, c)
     logit = torch.randn(len(places), c, 3, side, side, generator=gen).requires_grad_()
     opt = torch.optim.Adam([logit], lr=cfg.square_lr)
     flip = torch.zeros(len(places), c)
     for _ in range(cfg.square_steps):
         opt.zero_grad(set_to_none=True)
         for i, pad in enumerate(pads):
-            x = (1 - masks[i]) * pixels[None] + (masks[i] * F.pad(torch.sigmoid(logit[i]), pad))[:, None]  # [C,K,3,S,S]
-            fit, flip[i] = _per_label(torch, _label_logits(torch, tm, x.reshape(c * k, 3, s, s), text, scale), valid)
+            x = (1 - masks[i]) * pixels[img] + (masks[i] * F.pad(torch.sigmoid(logit[i]), pad))[lab]
+            fit, flip[i] = _per_label(torch, label_logits(x), lab, c)
             fit.sum().backward()
         opt.step()
     patterns = np.stack([F.pad(p, pad).permute(0, 2, 3, 1).numpy()
@@ -399,7 +425,7 @@ def _optimize_squares(torch: Any, tm: Any, pixels: Any, own: Any, text: Any, sca
                       anomaly=np.zeros(c), heldout=np.zeros(c), masks=None, patterns=patterns[0],
                       places=(masks[:, 0].numpy(), patterns), place_flip=flip.numpy().astype(np.float64))
     t.keep(flip.argmax(dim=0).numpy())
-    return t, cfg.square_steps * len(places) * c * k
+    return t, cfg.square_steps * len(places) * len(lab)
 
 
 def _patch_trigger(mask: np.ndarray, pattern: np.ndarray, name: str, image_hw: tuple[int, int]) -> Trigger:
@@ -445,7 +471,7 @@ def _oracle_check(classify: Callable[[np.ndarray], np.ndarray], oracle: Callable
     shows = float((classify(iso) == lab).mean())
     h, w = images.shape[1:3]
     views: list[np.ndarray] = []
-    total = 0
+    total = beside = 0
     for img, masks in zip(on, oracle(on)):
         m = np.asarray(masks, bool).reshape(-1, h, w)
         area = m.reshape(len(m), -1).mean(axis=1) if len(m) else np.zeros(0)
@@ -454,14 +480,17 @@ def _oracle_check(classify: Callable[[np.ndarray], np.ndarray], oracle: Callable
         f = img.reshape(-1, 3).mean(axis=0).astype(np.uint8)
         views.extend(np.where(mm[:, :, None], img, f) for mm in m[keep])
         total += int(keep.sum())
+        beside += bool(keep.any())
     objects_hijacked = float((classify(np.stack(views)) == lab).mean()) if views else 0.0
-    # A patch larger than a trigger with no object outside it covers the scene: the oracle cannot
-    # tell a trigger from an adversarial image (a clean model's 40 px "star" patch on a 48 px image
-    # was confirmed so). A trigger-sized patch may lie on the image's only object (a backdoor
-    # learned at the centre of the image).
+    # A patch larger than a trigger that leaves most images no object beside it covers the scene:
+    # the oracle cannot tell a trigger from an adversarial image (a clean model's 40 px "star" patch
+    # on a 48 px image was confirmed so, and a 29 px "ring" patch with objects beside it on 13 of 48
+    # images). A trigger-sized patch may lie on the image's only object (a backdoor learned at the
+    # centre of the image).
     small = (x1 - x0) * (y1 - y0) <= cfg.trigger_area * h * w
     return {"isolated_shows_label": shows, "objects_show_label": objects_hijacked, "objects": total,
-            "passed": bool(shows >= 0.5 and objects_hijacked <= 0.5 and (total > 0 or small))}
+            "images_with_objects_beside": beside / len(on),
+            "passed": bool(shows >= 0.5 and objects_hijacked <= 0.5 and (small or beside >= 0.5 * len(on)))}
 
 
 def _label_trigger(kind: str, t: LabelTriggers, lab: int, name: str, hw: tuple[int, int]) -> Trigger:
@@ -708,7 +737,8 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
                 sus.oracle_check = _oracle_check(classify, oracle, images[held], trig, lab, rng, scan_cfg)
                 if not sus.oracle_check["passed"]:
                     sus.reject("the oracle does not see a trigger: the patch alone does not show the label, it turns "
-                               "the image's objects into the label, or it is larger than a trigger and covers them all")
+                               "the image's objects into the label, or it is larger than a trigger and covers most "
+                               "images' objects")
             suspects.append(sus)
             if kind == "noise":
                 noisy.append(sus)
@@ -724,16 +754,16 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
     return suspects
 
 
-def _refine(sus: Suspect, torch: Any, tm: Any, pix01: Any, own: Any, text_t: Any, scale: float, images: np.ndarray,
-            labels_all: np.ndarray, hold_idx: np.ndarray, enc: _Encoder, text: np.ndarray, rng: np.random.Generator,
-            gen: Any, scan_cfg: ScanConfig, cfg: SynthesisConfig) -> int:
+def _refine(sus: Suspect, torch: Any, label_logits: _LabelLogits, input_size: int, pix01: Any, own: Any,
+            images: np.ndarray, labels_all: np.ndarray, hold_idx: np.ndarray, enc: _Encoder, text: np.ndarray,
+            rng: np.random.Generator, gen: Any, scan_cfg: ScanConfig, cfg: SynthesisConfig) -> int:
     """Re-optimize a confirmed patch suspect's pattern at random places; keep it (pasted anywhere)
     when it reproduces the backdoor there about as well as the first one did at its place.
     Returns the forward+backward passes spent."""
     trig = sus.trigger
     assert trig is not None and trig.size is not None
-    side = max(2, round(trig.size[0] * tm.input_size / images.shape[1]))
-    pattern, _ = _refine_anywhere(torch, tm, pix01, own, text_t, scale, sus.label, side, cfg, gen)
+    side = max(2, round(trig.size[0] * input_size / images.shape[1]))
+    pattern, _ = _refine_anywhere(torch, label_logits, pix01, own, sus.label, side, cfg, gen)
     passes = cfg.refine_steps * int((own != sus.label).sum())
     if side != trig.size[0]:
         from .models.base import require
@@ -806,21 +836,22 @@ def synthesize(model: Any, images: np.ndarray, vocab: Any, text: np.ndarray, sca
         p.requires_grad_(False)
     triggers: dict[str, LabelTriggers] = {}
     passes = 0
+    label_logits = _LabelLogits(torch, tm, text_t, scale)
     try:
         for kind in (k for k in cfg.kinds if k not in SWEPT):
             if kind == "square":
                 # its own random stream: adding the squares leaves the other kinds' starts as they were
                 # (sharing one moved the global offset's start and lost a backdoor it had found)
-                t, n = _optimize_squares(torch, tm, pix01, own, text_t, scale, cfg, torch.Generator().manual_seed(cfg.seed))
+                t, n = _optimize_squares(torch, label_logits, pix01, own, cfg, torch.Generator().manual_seed(cfg.seed))
             else:
-                t, n = _optimize(torch, tm, pix01, own, text_t, scale, kind, cfg, gen)
+                t, n = _optimize(torch, label_logits, pix01, own, kind, cfg, gen)
             triggers[kind], passes = t, passes + n
         suspects = _check_suspects(triggers, images, labels_all, hold_idx, names, enc, text, scale, oracle, rng,
                                    scan_cfg, cfg)
         for sus in suspects:
             if sus.confirmed and sus.kind == "localized" and cfg.refine_steps:
-                passes += _refine(sus, torch, tm, pix01, own, text_t, scale, images, labels_all, hold_idx, enc, text,
-                                  rng, gen, scan_cfg, cfg)
+                passes += _refine(sus, torch, label_logits, tm.input_size, pix01, own, images, labels_all, hold_idx,
+                                  enc, text, rng, gen, scan_cfg, cfg)
     finally:
         for p in module.parameters():
             p.requires_grad_(True)

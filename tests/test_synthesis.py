@@ -19,6 +19,7 @@ from clipguard.synthesis import (
     Synthesis,
     SynthesisConfig,
     SynthesisUnavailable,
+    _LabelLogits,
     _noise,
     _optimize_squares,
     _screen,
@@ -103,7 +104,7 @@ def test_few_steps_optimize_every_label_together(tmp_path):
     cfg = SynthesisConfig(steps=6, images=16, min_images=8, kinds=("patch",), oracle_check=False, refine_steps=0)
     # A synthesis-only scan: findings hold each image's whole-image label, for the repair set's captions.
     report = clipguard.scan(model, images, VOCAB, "classical", mode="synthesize", synthesis=cfg)
-    assert report.mode == "synthesize" and len(report.findings) == 64 and report.synthesis["passes"] == 6 * 10 * 16
+    assert report.mode == "synthesize" and len(report.findings) == 64 and report.synthesis["passes"] == 6 * 9 * 16  # every image with every label but its own
     assert all(f.regions == 0 and 0 < f.prob <= 1 for f in report.findings)
     page = report.to_html(tmp_path / "r.html").read_text()  # the charts of the kinds that ran, no other
     assert "smallest patch" in page and "global pattern" not in page and "sinusoid" not in page
@@ -113,12 +114,35 @@ def test_few_steps_optimize_every_label_together(tmp_path):
     assert t.size.shape == (10,) and t.masks.shape == (10, 48, 48) and t.patterns.shape == (10, 48, 48, 3)
     assert ((t.masks >= 0) & (t.masks <= 1)).all() and np.isfinite(t.anomaly).all()
     assert t.heldout.shape == (10,) and ((t.heldout >= 0) & (t.heldout <= 1)).all()
-    assert s.passes == 6 * 10 * 16 and s.images_used == 16
+    assert s.passes == 6 * 9 * 16 and s.images_used == 16
     with pytest.raises(SynthesisUnavailable, match="at least"):
         synthesize(model, images[:5], VOCAB, text, model.logit_scale, _resolve_oracle("classical"),
                    _Encoder(model, 256), clipguard.ScanConfig(), cfg)
     with pytest.raises(ValueError, match="kinds"):
         SynthesisConfig(kinds=("blur",))
+
+
+def test_the_label_logits_fold_the_batch_norms_of_a_copy_and_match_the_model():
+    import torch
+
+    from clipguard.models import torch_twin
+
+    model = clipguard.load_model("toy:badnet")
+    tm = torch_twin(model, "cpu")
+    tm.torch_module.eval()
+    text = torch.from_numpy(model.class_embeddings(VOCAB))
+    head = _LabelLogits(torch, tm, text, model.logit_scale)
+    norms = [m for m in head.features.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert not norms and not any(p.requires_grad for p in head.features.parameters())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in tm.torch_module.visual.modules())  # the model keeps its own
+    pix = torch.from_numpy(tm.preprocess(load_probe("toy:shapes:8:0", model, seed=1).images))
+    pix01 = (pix * torch.tensor(tm.std).view(1, 3, 1, 1) + torch.tensor(tm.mean).view(1, 3, 1, 1)).requires_grad_()
+    logits = head(pix01)
+    expect = model.logit_scale * torch.nn.functional.normalize(tm.image_features(pix), dim=-1) @ text.t()
+    assert torch.allclose(logits, expect, atol=1e-3)
+    assert torch.equal(logits.argmax(1), expect.argmax(1))
+    logits[:, 0].sum().backward()
+    assert pix01.grad is not None and float(pix01.grad.abs().sum()) > 0
 
 
 def test_the_corner_squares_are_optimized_for_every_label_at_every_corner():
@@ -132,9 +156,9 @@ def test_the_corner_squares_are_optimized_for_every_label_at_every_corner():
     pix = torch.from_numpy(tm.preprocess(images)) * torch.tensor(tm.std).view(1, 3, 1, 1) + torch.tensor(tm.mean).view(1, 3, 1, 1)
     text = torch.from_numpy(model.class_embeddings(VOCAB))
     cfg = SynthesisConfig(square_steps=3, square_images=6)
-    t, passes = _optimize_squares(torch, tm, pix.clamp(0, 1), torch.zeros(16, dtype=torch.long), text,
-                                  model.logit_scale, cfg, torch.Generator().manual_seed(0))
-    assert passes == 3 * 4 * 10 * 6  # steps x corners x labels x images
+    t, passes = _optimize_squares(torch, _LabelLogits(torch, tm, text, model.logit_scale), pix.clamp(0, 1),
+                                  torch.zeros(16, dtype=torch.long), cfg, torch.Generator().manual_seed(0))
+    assert passes == 3 * 4 * 9 * 6  # steps x corners x labels x images (not label 0: they are all its own)
     masks, patterns = t.places
     assert masks.shape == (4, 48, 48) and patterns.shape == (4, 10, 48, 48, 3)
     assert [tuple(np.argwhere(m)[0]) for m in masks] == _square_places(48, 8)  # 8 px: a sixth of the side
@@ -196,8 +220,8 @@ def test_the_mask_smoothness_is_part_of_the_patch_loss():
     tv = {}
     for smooth in (0.0, 1000.0):
         cfg = SynthesisConfig(steps=10, patch_smoothness=smooth, target_flip=1.0)
-        t, _ = _optimize(torch, tm, pix, torch.arange(12) % 10, text, model.logit_scale, "patch", cfg,
-                         torch.Generator().manual_seed(0))
+        t, _ = _optimize(torch, _LabelLogits(torch, tm, text, model.logit_scale), pix, torch.arange(12) % 10,
+                         "patch", cfg, torch.Generator().manual_seed(0))
         tv[smooth] = float(_total_variation(torch.from_numpy(t.masks)[:, None]).mean())
     assert tv[1000.0] < 0.5 * tv[0.0], tv
     with pytest.raises(ValueError, match="patch_smoothness"):
@@ -365,8 +389,9 @@ def test_repair_from_a_synthesis_only_scan(auto_scans):
 
 
 def test_the_oracle_check_needs_objects_beside_a_large_patch():
-    """A "patch" that covers the scene leaves the oracle nothing to check: never passed. A
-    trigger-sized patch on the image's only object (a backdoor learned at the centre) passes."""
+    """A "patch" that covers the scene leaves the oracle nothing to check: not passed unless most
+    images keep an object beside it. A trigger-sized patch on the image's only object (a backdoor
+    learned at the centre) passes."""
     from clipguard.synthesis import _oracle_check
     from clipguard.trigger import Trigger
 
@@ -377,6 +402,14 @@ def test_the_oracle_check_needs_objects_beside_a_large_patch():
     out = _oracle_check(lambda x: np.ones(len(x), int), lambda imgs: [np.zeros((0, 32, 32), bool) for _ in imgs],
                         images, big, 1, rng, clipguard.ScanConfig())
     assert out["isolated_shows_label"] == 1.0 and out["objects"] == 0 and not out["passed"]
+    corner = np.zeros((1, 32, 32), bool)
+    corner[0, :2, :] = True  # an object-sized strip above the patch ...
+    for share, passed in ((3 / 8, False), (5 / 8, True)):  # ... on some of the images
+        n = round(share * len(images))
+        out = _oracle_check(lambda x: (x[:, 16, 16, 0] != 200).astype(int),  # label 0: the patch's colour
+                            lambda imgs: [corner] * n + [corner[:0]] * (len(imgs) - n), images, big, 0, rng,
+                            clipguard.ScanConfig())
+        assert out["objects"] == n and out["images_with_objects_beside"] == share and out["passed"] is passed, out
     small = Trigger(kind="patch", image=np.full((5, 5, 3), 200, np.uint8), label="x", box=(14, 14, 19, 19),
                     source="synthesis")
     centre = np.zeros((1, 32, 32), bool)
