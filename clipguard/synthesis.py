@@ -238,11 +238,11 @@ class _LabelLogits:
             from torch.fx.experimental.optimization import fuse
 
             try:
-                self.features = fuse(visual, inplace=False)  # a copy: the model itself is left as it is
+                folded = fuse(visual, inplace=False)  # a copy: the model itself is left as it is
             except Exception:  # noqa: BLE001  # a tower torch.fx cannot trace keeps its batch norms
-                pass
-            for p in getattr(self.features, "parameters", list)():
-                p.requires_grad_(False)
+                folded = None
+            if folded is not None:
+                self.features = folded.requires_grad_(False)
 
     def __call__(self, x01: Any) -> Any:
         import torch.nn.functional as F
@@ -484,7 +484,7 @@ def _oracle_check(classify: Callable[[np.ndarray], np.ndarray], oracle: Callable
     objects_hijacked = float((classify(np.stack(views)) == lab).mean()) if views else 0.0
     # A patch larger than a trigger that leaves most images no object beside it covers the scene:
     # the oracle cannot tell a trigger from an adversarial image (a clean model's 40 px "star" patch
-    # on a 48 px image was confirmed so, and a 29 px "ring" patch with objects beside it on 13 of 48
+    # on a 48 px image was confirmed so, and a 29 px "ring" patch with objects beside it on 10 of 48
     # images). A trigger-sized patch may lie on the image's only object (a backdoor learned at the
     # centre of the image).
     small = (x1 - x0) * (y1 - y0) <= cfg.trigger_area * h * w
@@ -823,12 +823,7 @@ def synthesize(model: Any, images: np.ndarray, vocab: Any, text: np.ndarray, sca
         p = probabilities(enc.images(images), text, scale)
         whole = p.argmax(axis=1), p.max(axis=1)
     labels_all, probs_all = whole
-    pix = torch.from_numpy(tm.preprocess(images[opt_idx]))
-    mean = torch.tensor(tm.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(tm.std, dtype=torch.float32).view(1, 3, 1, 1)
-    pix01 = (pix * std + mean).clamp(0, 1)
     own = torch.from_numpy(labels_all[opt_idx])
-    text_t = torch.from_numpy(np.ascontiguousarray(text, np.float32))
     module = tm.torch_module
     was_training = module.training
     module.eval()
@@ -836,8 +831,9 @@ def synthesize(model: Any, images: np.ndarray, vocab: Any, text: np.ndarray, sca
         p.requires_grad_(False)
     triggers: dict[str, LabelTriggers] = {}
     passes = 0
-    label_logits = _LabelLogits(torch, tm, text_t, scale)
     try:
+        label_logits = _LabelLogits(torch, tm, torch.from_numpy(np.ascontiguousarray(text, np.float32)), scale)
+        pix01 = (torch.from_numpy(tm.preprocess(images[opt_idx])) * label_logits.std + label_logits.mean).clamp(0, 1)
         for kind in (k for k in cfg.kinds if k not in SWEPT):
             if kind == "square":
                 # its own random stream: adding the squares leaves the other kinds' starts as they were
