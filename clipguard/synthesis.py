@@ -255,8 +255,7 @@ def _pairs(torch: Any, own: Any, c: int) -> tuple[Any, Any]:
     """The (label, image) pairs an optimization runs: each of the ``c`` labels with every image
     but those the model already gives that label (``own``): they say nothing about the label's
     trigger, and would cost a tenth of the passes."""
-    lab, img = (own[None, :] != torch.arange(c)[:, None]).nonzero(as_tuple=True)
-    return lab, img
+    return (own[None, :] != torch.arange(c)[:, None]).nonzero(as_tuple=True)
 
 
 def _per_label(torch: Any, logits: Any, lab: Any, c: int) -> tuple[Any, Any]:
