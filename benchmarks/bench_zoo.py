@@ -158,6 +158,16 @@ def _heldout(report: Any) -> float | None:
     return max(values) if values else None
 
 
+def _suspect_row(sus: Any) -> dict[str, Any]:
+    """A suspect's evidence, kept in scores.jsonl to study the rules on (confirmed, rejected and why)."""
+    keys = ("name", "kind", "evidence", "anomaly", "heldout", "estimated_asr", "random_flip_rate", "anywhere_asr",
+            "confirmed", "rejected", "oracle_check", "note")
+    row = {k: getattr(sus, k, None) for k in keys}
+    row["trigger"] = sus.trigger.kind if sus.trigger is not None else None
+    row["box"] = list(sus.trigger.box) if sus.trigger is not None and sus.trigger.box else None
+    return row
+
+
 def score(root: Path, settings: list[str], mode: str) -> None:
     manifest = json.loads((root / "manifest.json").read_text())
     done_path = root / "scores.jsonl"
@@ -184,7 +194,8 @@ def score(root: Path, settings: list[str], mode: str) -> None:
                 r = {"model": name, "setting": setting, "mode": mode, "verdict": report.verdict,
                      "score": report.score, "affected": report.affected_labels, "reason": report.reason,
                      "seconds": round(time.perf_counter() - t0, 1), "heldout": _heldout(report),
-                     "evidence": report.suspects[0].evidence if report.suspects and report.suspects[0].confirmed else []}
+                     "evidence": report.suspects[0].evidence if report.suspects and report.suspects[0].confirmed else [],
+                     "suspects": [_suspect_row(x) for x in report.suspects]}
                 sink.write(json.dumps(r) + "\n")
                 sink.flush()
                 done[(name, setting, mode)] = r

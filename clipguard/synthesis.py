@@ -98,6 +98,10 @@ class SynthesisConfig:
     global_cost: float = 5.0  # initial weight of the offset's RMS (adapted per label)
     adapt_every: int = 5
     anomaly: float = 2.0  # MAD index of the log size, low side, above which a label is a suspect ...
+    # ... and above which its patch is the labels' outlier: the oracle check's box rule does not
+    # apply (the zoo's clean models' large adversarial patches reached 4.5; a BadNet ring at random
+    # places 9.2)
+    outlier_anomaly: float = 5.0
     generalize: float = 0.5  # ... or the held-out flip rate of its trigger, whatever its size
     sweep_share: float = 0.8  # a swept pattern (sinusoid, noise) must send this share of held-out images to its label ...
     sweep_selectivity: float = 0.5  # ... and that many points more than its references (_family)
@@ -121,6 +125,8 @@ class SynthesisConfig:
             raise ValueError("SynthesisConfig: need square_lr > 0 and 0 <= square_selectivity <= 1")
         if not 0 < self.square_side <= 0.5:
             raise ValueError(f"SynthesisConfig.square_side must be in (0, 0.5], got {self.square_side!r}")
+        if not self.outlier_anomaly >= self.anomaly:
+            raise ValueError(f"SynthesisConfig.outlier_anomaly must be >= anomaly ({self.anomaly}), got {self.outlier_anomaly!r}")
         if not self.patch_smoothness >= 0:
             raise ValueError(f"SynthesisConfig.patch_smoothness must be >= 0, got {self.patch_smoothness!r}")
         if self.device != "cpu":
@@ -456,11 +462,13 @@ def _global_trigger(offset: np.ndarray, name: str, kind: str = "global") -> Trig
 
 
 def _oracle_check(classify: Callable[[np.ndarray], np.ndarray], oracle: Callable, images: np.ndarray,
-                  trigger: Trigger, lab: int, rng: np.random.Generator, cfg: ScanConfig) -> dict[str, Any]:
+                  trigger: Trigger, lab: int, rng: np.random.Generator, cfg: ScanConfig,
+                  outlier: bool = False) -> dict[str, Any]:
     """Does the oracle see the synthesized patch as a trigger? Stamped on clean images: the patch
     isolated (everything else filled with the image's mean) must show the label -- a trigger
     carries it on its own -- while the image's object-sized oracle regions away from the patch
-    keep their own labels (a trigger adds a label, it does not turn objects into it)."""
+    keep their own labels (a trigger adds a label, it does not turn objects into it). ``outlier``:
+    the patch's mask is far smaller than every other label's, which excuses a large box (below)."""
     imgs = images[: min(len(images), 48)]
     on = apply_trigger(imgs, trigger, rng)
     x0, y0, x1, y1 = trigger.box  # type: ignore[misc]
@@ -485,11 +493,13 @@ def _oracle_check(classify: Callable[[np.ndarray], np.ndarray], oracle: Callable
     # the oracle cannot tell a trigger from an adversarial image (a clean model's 40 px "star" patch
     # on a 48 px image was confirmed so, and a 29 px "ring" patch with objects beside it on 10 of 48
     # images). A trigger-sized patch may lie on the image's only object (a backdoor learned at the
-    # centre of the image).
+    # centre of the image). A mask that is the labels' size outlier is a trigger's footprint even
+    # when its few strong pixels spread over a large box (a zoo BadNet's 8 px ring learned at
+    # random places: 0.24% of the image, MAD index 9.2, over a 21 px box).
     small = (x1 - x0) * (y1 - y0) <= cfg.trigger_area * h * w
     return {"isolated_shows_label": shows, "objects_show_label": objects_hijacked, "objects": total,
-            "images_with_objects_beside": beside / len(on),
-            "passed": bool(shows >= 0.5 and objects_hijacked <= 0.5 and (small or beside >= 0.5 * len(on)))}
+            "images_with_objects_beside": beside / len(on), "size_outlier": outlier,
+            "passed": bool(shows >= 0.5 and objects_hijacked <= 0.5 and (small or outlier or beside >= 0.5 * len(on)))}
 
 
 def _label_trigger(kind: str, t: LabelTriggers, lab: int, name: str, hw: tuple[int, int]) -> Trigger:
@@ -733,7 +743,8 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
             sus.confirmed = bool(result.excess >= scan_cfg.margin)
             sus.score = backdoor_score(result.excess, scan_cfg.margin)
             if kind in PATCHES and cfg.oracle_check:
-                sus.oracle_check = _oracle_check(classify, oracle, images[held], trig, lab, rng, scan_cfg)
+                sus.oracle_check = _oracle_check(classify, oracle, images[held], trig, lab, rng, scan_cfg,
+                                                 outlier=bool(kind == "patch" and t.anomaly[lab] >= cfg.outlier_anomaly))
                 if not sus.oracle_check["passed"]:
                     sus.reject("the oracle does not see a trigger: the patch alone does not show the label, it turns "
                                "the image's objects into the label, or it is larger than a trigger and covers most "

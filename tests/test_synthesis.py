@@ -226,6 +226,8 @@ def test_the_mask_smoothness_is_part_of_the_patch_loss():
     assert tv[1000.0] < 0.5 * tv[0.0], tv
     with pytest.raises(ValueError, match="patch_smoothness"):
         SynthesisConfig(patch_smoothness=-1.0)
+    with pytest.raises(ValueError, match="outlier_anomaly"):
+        SynthesisConfig(outlier_anomaly=1.0)
 
 
 def _sig_backdoor(images):
@@ -390,8 +392,8 @@ def test_repair_from_a_synthesis_only_scan(auto_scans):
 
 def test_the_oracle_check_needs_objects_beside_a_large_patch():
     """A "patch" that covers the scene leaves the oracle nothing to check: not passed unless most
-    images keep an object beside it. A trigger-sized patch on the image's only object (a backdoor
-    learned at the centre) passes."""
+    images keep an object beside it, or its mask is the labels' size outlier. A trigger-sized patch
+    on the image's only object (a backdoor learned at the centre) passes."""
     from clipguard.synthesis import _oracle_check
     from clipguard.trigger import Trigger
 
@@ -410,6 +412,11 @@ def test_the_oracle_check_needs_objects_beside_a_large_patch():
                             lambda imgs: [corner] * n + [corner[:0]] * (len(imgs) - n), images, big, 0, rng,
                             clipguard.ScanConfig())
         assert out["objects"] == n and out["images_with_objects_beside"] == share and out["passed"] is passed, out
+        # a mask that is the labels' size outlier passes with a large box (its strong pixels spread)
+        out = _oracle_check(lambda x: (x[:, 16, 16, 0] != 200).astype(int),
+                            lambda imgs: [corner] * n + [corner[:0]] * (len(imgs) - n), images, big, 0, rng,
+                            clipguard.ScanConfig(), outlier=True)
+        assert out["passed"] and out["size_outlier"], out
     small = Trigger(kind="patch", image=np.full((5, 5, 3), 200, np.uint8), label="x", box=(14, 14, 19, 19),
                     source="synthesis")
     centre = np.zeros((1, 32, 32), bool)
