@@ -98,11 +98,11 @@ class SynthesisConfig:
     global_cost: float = 5.0  # initial weight of the offset's RMS (adapted per label)
     adapt_every: int = 5
     anomaly: float = 2.0  # MAD index of the log size, low side, above which a label is a suspect ...
-    # ... and above which its patch is the labels' outlier: the oracle check's box rule does not
-    # apply (the zoo's clean models' large adversarial patches reached 4.5; a BadNet ring at random
-    # places 9.2)
-    outlier_anomaly: float = 5.0
     generalize: float = 0.5  # ... or the held-out flip rate of its trigger, whatever its size
+    # The index above which a patch is the labels' size outlier: the oracle check's box rule does
+    # not apply (the zoo's clean models' large adversarial patches reached 4.5; a BadNet ring at
+    # random places 9.2)
+    outlier_anomaly: float = 5.0
     sweep_share: float = 0.8  # a swept pattern (sinusoid, noise) must send this share of held-out images to its label ...
     sweep_selectivity: float = 0.5  # ... and that many points more than its references (_family)
     min_images: int = 16  # fewer probe images: the synthesis does not run at all
