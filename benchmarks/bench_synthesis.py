@@ -2,9 +2,10 @@
 
     python benchmarks/bench_synthesis.py [--vit-steps 2]
 
-For each bundled shapes model the default synthesis runs end to end (all labels, every kind,
-the oracle check, confirmation and refinement) on 300 clean scenes: seconds and forward+backward
-passes. For ViT-B/32 (open_clip architecture, random weights: the cost does not depend on them,
+For each bundled toy model the default synthesis runs end to end (all labels, every kind,
+the oracle check, confirmation and refinement) on 300 clean scenes of its world: seconds and
+forward+backward passes, with the optimized kinds side by side (the default) and, as the
+reference in the same run, one after another on all threads (``side_by_side=False``). For ViT-B/32 (open_clip architecture, random weights: the cost does not depend on them,
 saved as a safetensors checkpoint and loaded through ``open_clip:ViT-B-32:PATH`` like a user's)
 each optimized kind runs ``--vit-steps`` steps on 224 px scenes with the default batch, each
 swept kind once; the seconds per step, times the default number of steps, give the synthesis'
@@ -29,17 +30,24 @@ from clipguard.synthesis import SWEPT, SynthesisConfig, synthesize
 
 
 def toy_rows(names: list[str]) -> None:
-    vocab = toyworld.vocabulary("shapes")
     for name in names:
         model = clipguard.load_model(f"toy:{name}")
-        images = clipguard.load_probe("toy:shapes:300:0", model, seed=0).images
+        world = model.card.get("world", "shapes")
+        vocab = toyworld.vocabulary(world)
+        images = clipguard.load_probe(f"toy:{world}:300:0", model, seed=0).images
         text = model.class_embeddings(vocab)
-        t0 = time.perf_counter()
-        s = synthesize(model, images, vocab, text, model.logit_scale, _resolve_oracle("classical"),
-                       _Encoder(model, 256), ScanConfig(), SynthesisConfig())
-        seconds = time.perf_counter() - t0
-        found = ", ".join(f"{x.name} ({x.kind})" for x in s.suspects if x.confirmed) or "-"
-        print(f"| `toy:{name}` (48 px) | full synthesis | {s.passes:,} | {seconds:.1f} | {found} |", flush=True)
+        seconds = {}
+        for side_by_side in (True, False):
+            t0 = time.perf_counter()
+            s = synthesize(model, images, vocab, text, model.logit_scale, _resolve_oracle("classical"),
+                           _Encoder(model, 256), ScanConfig(), SynthesisConfig(side_by_side=side_by_side))
+            seconds[side_by_side] = time.perf_counter() - t0
+            found = ", ".join(f"{x.name} ({x.kind})" for x in s.suspects if x.confirmed) or "-"
+            what = "full synthesis" + ("" if side_by_side else ", kinds one after another (reference)")
+            print(f"| `toy:{name}` ({model.input_size} px) | {what} | {s.passes:,} | {seconds[side_by_side]:.1f} | {found} |",
+                  flush=True)
+        print(f"| `toy:{name}` | side by side against one after another | | {seconds[False] / seconds[True]:.2f}x | |",
+              flush=True)
 
 
 def vit_row(steps: int, device: str) -> None:
@@ -74,7 +82,7 @@ def vit_row(steps: int, device: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--toy", nargs="*", default=["badnet", "clean"])
+    parser.add_argument("--toy", nargs="*", default=["badnet", "clean", "fashion-badnet", "fashion-clean"])
     parser.add_argument("--vit-steps", type=int, default=2)
     args = parser.parse_args()
     print(f"# trigger synthesis; {machine()}")

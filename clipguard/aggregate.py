@@ -251,9 +251,10 @@ def confirm_probe_suspect(enc: _Encoder, images: np.ndarray, findings: list[Imag
 def merge(probe: list[Suspect], synthesized: list[Suspect]) -> list[Suspect]:
     """One suspect per label. Within one analysis the stronger of a label's suspects is kept;
     where the probe and the synthesis point at the same label their evidence is joined (the
-    stronger confirmation first), and the agreement of two independent analyses confirms the
+    stronger confirmation first, a trigger no check rejected before one a check explained away;
+    the label keeps the higher score), and the agreement of two independent analyses confirms the
     label when both its triggers beat their controls at all (and no check rejected either: the
-    oracle's, the victims' shared pattern)."""
+    oracle's, the victims' shared pattern). The joined suspect is ``rejected`` only when both were."""
     def strongest(items: list[Suspect]) -> dict[int, Suspect]:
         out: dict[int, Suspect] = {}
         for s in items:
@@ -267,7 +268,8 @@ def merge(probe: list[Suspect], synthesized: list[Suspect]) -> list[Suspect]:
             by_label[lab] = s
             continue
         a = by_label[lab]
-        first, second = (a, s) if (a.confirmed, a.score or 0.0) >= (s.confirmed, s.score or 0.0) else (s, a)
+        first, second = sorted((a, s), key=lambda x: (x.confirmed, not x.rejected, x.score or 0.0), reverse=True)
+        first.score = max((x.score for x in (a, s) if x.score is not None), default=None)
         first.evidence = sorted(set(first.evidence) | set(second.evidence))
         first.victims = sorted(set(first.victims) | set(second.victims))
         first.anomaly = max(first.anomaly, second.anomaly)
@@ -305,7 +307,9 @@ def decide(suspects: list[Suspect], *, probe_size: int, mode: str, synthesis: Sy
     # does (a third of the margin), though not by the whole margin. The clean twins' suspects
     # (measured: excess at most 3 points over the control) stay below this. (A synthesis-only suspect that
     # fails is a clean model's adversarial feature, the common case the oracle check is for.)
-    unconfirmed = [s for s in suspects if "probe" in s.evidence and len(s.victims) >= cfg.min_victims
+    # Evidence every analysis' check explained away (``rejected``) is not strong: what flipped the
+    # images was their content or the objects, not a trigger.
+    unconfirmed = [s for s in suspects if "probe" in s.evidence and not s.rejected and len(s.victims) >= cfg.min_victims
                    and s.anomaly >= 2 * cfg.anomaly and (s.estimated_asr or 0.0) - (s.random_flip_rate or 0.0) >= cfg.margin / 3]
     if unconfirmed:
         names = ", ".join(repr(s.name) for s in unconfirmed)

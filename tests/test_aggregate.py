@@ -134,6 +134,11 @@ def test_verdict_rules():
     assert d.verdict == "inconclusive" and "'l3'" in d.reason
     weak = _suspect(3, ["probe"], victims=[4, 5, 6], asr=0.03, ctrl=0.01, score=0.0)  # as the clean twins' suspects
     assert decide([weak], mode="auto", synthesis=_synth(), **kw).verdict == "clean"
+    # ... but evidence a check explained away is not strong (the probe's victims share no pattern,
+    # the synthesized patch for the label is the objects'): its flips were content, not a trigger
+    explained = _suspect(3, ["probe", "synthesis"], victims=[4, 5, 6], asr=0.45, ctrl=0.33, score=0.33)
+    explained.reject("the oracle does not see a trigger")
+    assert decide([explained], mode="auto", synthesis=_synth(), **kw).verdict == "clean"
     # a scan that could not have seen a backdoor
     d = decide([], mode="auto", synthesis=None, **dict(kw, synthesis_error="synthesis did not run: an ONNX-only model"))
     assert d.verdict == "inconclusive" and "ONNX-only" in d.reason
@@ -165,6 +170,13 @@ def test_merge_joins_probe_and_synthesis_evidence():
     synth.rejected = True
     (joined,) = merge([probe], [synth])
     assert joined.evidence == ["probe", "synthesis"] and not joined.confirmed
+    # the label keeps the trigger no check rejected (and the higher score); rejected only if both were
+    assert not joined.rejected and joined.estimated_asr == 0.10 and joined.score == 0.4
+    both = [_suspect(2, [kind], victims=[7], asr=0.4, ctrl=0.3, score=0.2) for kind in ("probe", "synthesis")]
+    for x in both:
+        x.reject("explained")
+    (joined,) = merge([both[0]], [both[1]])
+    assert joined.rejected and not joined.confirmed
 
 
 class StripeModel:

@@ -23,6 +23,7 @@ from clipguard.synthesis import (
     _noise,
     _optimize_squares,
     _screen,
+    _side_by_side,
     _square_places,
     _strength,
     _sweep,
@@ -134,6 +135,7 @@ def test_the_label_logits_fold_the_batch_norms_of_a_copy_and_match_the_model():
     head = _LabelLogits(torch, tm, text, model.logit_scale)
     norms = [m for m in head.features.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert not norms and not any(p.requires_grad for p in head.features.parameters())
+    assert type(head.features.attnpool).__name__ == "FirstQuery"  # the pool's one output query only
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in tm.torch_module.visual.modules())  # the model keeps its own
     pix = torch.from_numpy(tm.preprocess(load_probe("toy:shapes:8:0", model, seed=1).images))
     pix01 = (pix * torch.tensor(tm.std).view(1, 3, 1, 1) + torch.tensor(tm.mean).view(1, 3, 1, 1)).requires_grad_()
@@ -143,6 +145,33 @@ def test_the_label_logits_fold_the_batch_norms_of_a_copy_and_match_the_model():
     assert torch.equal(logits.argmax(1), expect.argmax(1))
     logits[:, 0].sum().backward()
     assert pix01.grad is not None and float(pix01.grad.abs().sum()) > 0
+
+
+def test_the_optimizations_run_side_by_side_and_return_in_the_jobs_order():
+    import threading
+
+    import torch
+
+    before = torch.get_num_threads()
+    seen: dict[str, tuple[str, int]] = {}
+
+    def job(kind: str) -> str:
+        seen[kind] = (threading.current_thread().name, torch.get_num_threads())
+        return kind.upper()
+
+    out = _side_by_side(torch, {k: (lambda k=k: job(k)) for k in ("patch", "global", "square")})
+    assert list(out.items()) == [("patch", "PATCH"), ("global", "GLOBAL"), ("square", "SQUARE")]
+    assert torch.get_num_threads() == before
+    if before > 1:  # the jobs on pool threads, each with its share of the threads
+        assert all(name != threading.main_thread().name for name, _ in seen.values())
+        assert all(n == max(1, before // 3) for _, n in seen.values())
+
+    def fails() -> None:
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        _side_by_side(torch, {"patch": fails, "global": lambda: 1})
+    assert torch.get_num_threads() == before
 
 
 def test_the_corner_squares_are_optimized_for_every_label_at_every_corner():
@@ -204,7 +233,7 @@ def test_the_mask_smoothness_is_part_of_the_patch_loss():
     import torch
 
     from clipguard.models import torch_twin
-    from clipguard.synthesis import _optimize, _total_variation
+    from clipguard.synthesis import _optimize, _start, _total_variation
 
     compact, scattered = np.zeros((1, 1, 12, 12), np.float32), np.zeros((1, 1, 12, 12), np.float32)
     compact[..., 2:6, 2:6] = 1
@@ -221,7 +250,7 @@ def test_the_mask_smoothness_is_part_of_the_patch_loss():
     for smooth in (0.0, 1000.0):
         cfg = SynthesisConfig(steps=10, patch_smoothness=smooth, target_flip=1.0)
         t, _ = _optimize(torch, _LabelLogits(torch, tm, text, model.logit_scale), pix, torch.arange(12) % 10,
-                         "patch", cfg, torch.Generator().manual_seed(0))
+                         "patch", cfg, _start(torch, "patch", 10, pix.shape[-1], torch.Generator().manual_seed(0)))
         tv[smooth] = float(_total_variation(torch.from_numpy(t.masks)[:, None]).mean())
     assert tv[1000.0] < 0.5 * tv[0.0], tv
     with pytest.raises(ValueError, match="patch_smoothness"):
