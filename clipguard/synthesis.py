@@ -397,25 +397,25 @@ def _optimize(torch: Any, label_logits: _LabelLogits, pixels: Any, own: Any, kin
     ), passes
 
 
-def _side_by_side(torch: Any, jobs: dict[str, Callable[[], Any]]) -> dict[str, Any]:
-    """Runs the optimization ``jobs`` all at once, the CPU threads shared out between them (at
-    least one each), and returns their results in the jobs' order. A toy model's step is many
-    small operations that two intra-op threads share poorly (on 2 cores: one thread 370 ms a
-    step, two 280 ms, two optimizations side by side on a thread each 215 ms a step); with more
-    jobs than cores the OS shares them out, where a pool of two left a core idle while the last
-    job ran. Each job draws nothing at random after it starts (:func:`_start`), so the results
-    do not depend on the order the jobs run in."""
+def _run_jobs(torch: Any, jobs: dict[str, Callable[[], Any]], side_by_side: bool) -> dict[str, Any]:
+    """Runs the optimization ``jobs`` and returns their results in the jobs' order: with
+    ``side_by_side`` all at once, the CPU threads shared out between them (at least one each),
+    else one after another on all threads. A toy model's step is many small operations that two
+    intra-op threads share poorly (on 2 cores: one thread 370 ms a step, two 280 ms, two
+    optimizations side by side on a thread each 215 ms a step); with more jobs than cores the OS
+    shares them out, where a pool of two left a core idle while the last job ran. Each job draws
+    nothing at random after it starts (:func:`_start`), so the results do not depend on the order
+    the jobs run in."""
     total = torch.get_num_threads()
-    workers = max(1, len(jobs)) if total > 1 else 1
-    if workers == 1:
+    if not side_by_side or total < 2 or len(jobs) < 2:
         return {kind: job() for kind, job in jobs.items()}
 
     def run(job: Callable[[], Any]) -> Any:
-        torch.set_num_threads(max(1, total // workers))  # this thread's share (torch's setting is per thread)
+        torch.set_num_threads(max(1, total // len(jobs)))  # this thread's share (torch's setting is per thread)
         return job()
 
     try:
-        with ThreadPoolExecutor(workers) as pool:
+        with ThreadPoolExecutor(len(jobs)) as pool:
             futures = {kind: pool.submit(run, job) for kind, job in jobs.items()}
             return {kind: f.result() for kind, f in futures.items()}
     finally:
@@ -922,8 +922,7 @@ def synthesize(model: Any, images: np.ndarray, vocab: Any, text: np.ndarray, sca
             else:
                 start = _start(torch, kind, c, pix01.shape[-1], gen)
                 jobs[kind] = partial(_optimize, torch, label_logits, pix01, own, kind, cfg, start)
-        done = _side_by_side(torch, jobs) if cfg.side_by_side else {kind: job() for kind, job in jobs.items()}
-        for kind, (t, n) in done.items():
+        for kind, (t, n) in _run_jobs(torch, jobs, cfg.side_by_side).items():
             triggers[kind], passes = t, passes + n
         suspects = _check_suspects(triggers, images, labels_all, hold_idx, names, enc, text, scale, oracle, rng,
                                    scan_cfg, cfg)

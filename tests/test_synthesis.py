@@ -22,8 +22,8 @@ from clipguard.synthesis import (
     _LabelLogits,
     _noise,
     _optimize_squares,
+    _run_jobs,
     _screen,
-    _side_by_side,
     _square_places,
     _strength,
     _sweep,
@@ -153,24 +153,27 @@ def test_the_optimizations_run_side_by_side_and_return_in_the_jobs_order():
     import torch
 
     before = torch.get_num_threads()
-    seen: dict[str, tuple[str, int]] = {}
+    for side_by_side in (True, False):
+        seen: dict[str, tuple[str, int]] = {}
 
-    def job(kind: str) -> str:
-        seen[kind] = (threading.current_thread().name, torch.get_num_threads())
-        return kind.upper()
+        def job(kind: str) -> str:
+            seen[kind] = (threading.current_thread().name, torch.get_num_threads())
+            return kind.upper()
 
-    out = _side_by_side(torch, {k: (lambda k=k: job(k)) for k in ("patch", "global", "square")})
-    assert list(out.items()) == [("patch", "PATCH"), ("global", "GLOBAL"), ("square", "SQUARE")]
-    assert torch.get_num_threads() == before
-    if before > 1:  # the jobs on pool threads, each with its share of the threads
-        assert all(name != threading.main_thread().name for name, _ in seen.values())
-        assert all(n == max(1, before // 3) for _, n in seen.values())
+        out = _run_jobs(torch, {k: (lambda k=k: job(k)) for k in ("patch", "global", "square")}, side_by_side)
+        assert list(out.items()) == [("patch", "PATCH"), ("global", "GLOBAL"), ("square", "SQUARE")]
+        assert torch.get_num_threads() == before
+        main = threading.main_thread().name
+        if side_by_side and before > 1:  # the jobs on pool threads, each with its share of the threads
+            assert all(name != main and n == max(1, before // 3) for name, n in seen.values())
+        else:
+            assert all(name == main and n == before for name, n in seen.values())
 
     def fails() -> None:
         raise RuntimeError("out of memory")
 
     with pytest.raises(RuntimeError, match="out of memory"):
-        _side_by_side(torch, {"patch": fails, "global": lambda: 1})
+        _run_jobs(torch, {"patch": fails, "global": lambda: 1}, True)
     assert torch.get_num_threads() == before
 
 
