@@ -5,7 +5,8 @@
 For each bundled toy model the default synthesis runs end to end (all labels, every kind,
 the oracle check, confirmation and refinement) on 300 clean scenes of its world: seconds and
 forward+backward passes, with the optimized kinds side by side (the default) and, as the
-reference in the same run, one after another on all threads (``side_by_side=False``). For ViT-B/32 (open_clip architecture, random weights: the cost does not depend on them,
+reference in the same run, one after another on all threads (``side_by_side=False``). For
+ViT-B/32 (open_clip architecture, random weights: the cost does not depend on them,
 saved as a safetensors checkpoint and loaded through ``open_clip:ViT-B-32:PATH`` like a user's)
 each optimized kind runs ``--vit-steps`` steps on 224 px scenes with the default batch, each
 swept kind once; the seconds per step, times the default number of steps, give the synthesis'
