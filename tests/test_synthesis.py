@@ -24,6 +24,7 @@ from clipguard.synthesis import (
     _optimize_squares,
     _run_jobs,
     _screen,
+    _small_tower,
     _square_places,
     _strength,
     _sweep,
@@ -175,6 +176,14 @@ def test_the_optimizations_run_side_by_side_and_return_in_the_jobs_order():
     with pytest.raises(RuntimeError, match="out of memory"):
         _run_jobs(torch, {"patch": fails, "global": lambda: 1}, True)
     assert torch.get_num_threads() == before
+    # by default side by side only for a small image tower (a toy's), where it pays
+    from clipguard.models import torch_twin
+
+    assert SynthesisConfig().side_by_side is None
+    assert _small_tower(torch_twin(clipguard.load_model("toy:badnet"), "cpu").torch_module)
+    big = torch.nn.Module()
+    big.visual = torch.nn.Linear(4000, 4000)  # 16 M parameters
+    assert not _small_tower(big)
 
 
 def test_the_corner_squares_are_optimized_for_every_label_at_every_corner():
