@@ -31,9 +31,9 @@ class ImageFinding:
     trigger_box: Box | None = None  # where the trigger is (x0, y0, x1, y1), if localized
     localized_by: str | None = None  # "region", "window" or "match" (a copy of the reconstructed patch)
     region_labels: list[int | None] = field(default_factory=list)  # isolate-view top-1 per region (None: not encoded)
-    object_labels: list[int] = field(default_factory=list)  # the same, object-sized regions only
+    object_labels: list[int] = field(default_factory=list)  # the same, object-sized regions encoded only
     global_share: float = 0.0  # share of regions whose isolate view shows `label` (one not encoded does not)
-    background_holds: bool = False  # the label still shows (p >= background_prob) with every region occluded
+    background_holds: bool = False  # the label still shows (p >= background_prob) with all regions occluded (False: not encoded)
 
     def to_dict(self, names: Sequence[str] | None = None) -> dict[str, Any]:
         d = asdict(self)

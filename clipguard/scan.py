@@ -162,10 +162,12 @@ def ground(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray, reg: Re
     """Each region's isolate view labelled by the model; an image's label is grounded when an
     object-sized region shows it on its own; ungrounded labels are the candidates.
 
-    With ``complete=False`` only the object-sized regions of grounded images are encoded (what
-    grounds a label and names the image's objects); the small and the background-sized regions
-    only matter where the label is a candidate, so ungrounded images get every region.
-    :func:`complete_regions` encodes the rest of an image's regions where they matter later."""
+    With ``complete=False`` an image's object-sized regions are encoded largest first until one
+    grounds its label (the largest object is most often the one the label names); the rest, and
+    the small and the background-sized regions, only matter where the label is a candidate, so
+    ungrounded images get every region. :func:`complete_regions` encodes the rest of an image's
+    regions where they matter later, :func:`name_objects` its objects where a repair captions
+    them."""
     n = len(images)
     object_sized = (reg.area >= cfg.object_area) & (reg.area <= cfg.max_object_area)
     g = Grounding(iso_emb=np.zeros((len(reg.index), text.shape[1]), np.float32),
@@ -174,10 +176,22 @@ def ground(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray, reg: Re
     if complete:
         complete_regions(model, enc, clock, images, reg, whole, g, text, scale, np.arange(n))
     else:
-        _encode_isolated(model, enc, clock, images, reg, whole, g, text, scale, np.nonzero(object_sized)[0])
+        rank = _object_rank(reg, object_sized)
+        for r in range(int(rank.max(initial=-1)) + 1):  # the largest objects first, until the label grounds
+            pick = np.nonzero((rank == r) & ~g.grounded[reg.index])[0]
+            _encode_isolated(model, enc, clock, images, reg, whole, g, text, scale, pick)
         complete_regions(model, enc, clock, images, reg, whole, g, text, scale, np.nonzero(~g.grounded)[0])
     g.candidate = np.where(g.grounded, -1, whole.label)
     return g
+
+
+def _object_rank(reg: Regions, object_sized: np.ndarray) -> np.ndarray:
+    """Each object-sized region's rank by area within its image (0: the largest), -1 elsewhere."""
+    order = np.lexsort((-reg.area, ~object_sized, reg.index))  # per image: object-sized first, largest first
+    pos = np.empty(len(order), np.int64)
+    pos[order] = np.arange(len(order))
+    rank = pos - reg.start[reg.index]
+    return np.where(object_sized, rank, -1)
 
 
 def complete_regions(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray, reg: Regions, whole: WholeImage,
@@ -205,9 +219,10 @@ def _encode_isolated(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarra
 
 
 def verify(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray, reg: Regions, whole: WholeImage,
-           g: Grounding, text: np.ndarray, scale: float, cfg: ScanConfig) -> list[ImageFinding]:
+           g: Grounding, text: np.ndarray, scale: float, cfg: ScanConfig,
+           lazy_background: bool = False) -> list[ImageFinding]:
     """Occluded views where they can verify something (the small regions of images with a
-    candidate that show it on their own) and every image's background view (all its regions
+    candidate that show it on their own) and the images' background views (all its regions
     occluded: a trigger that is everywhere survives there, an object's label mostly does not);
     the native trigger scores; one :class:`ImageFinding` per image.
 
@@ -217,7 +232,14 @@ def verify(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray, reg: Re
     bundled models' 2% triggered probes: every Blended victim's background showed the target;
     the images whose regions showed their label without the background doing so, 19-25 of 500
     fashion scenes in clean and backdoored models alike, were scenes of several objects of one
-    label.)"""
+    label.)
+
+    With ``lazy_background`` a grounded image gets its background view only where its label's
+    ungrounded images showed a background hit: elsewhere the label has no unexplained evidence of
+    a global trigger to complete, and ``background_holds`` (then a lower bound, like
+    ``global_share``) stays False. (Measured on the bundled models' 2% triggered probes: grounded
+    images whose background held were 0-2 per label in the shapes world, each Blended target
+    flagged by 10 ungrounded ones.)"""
     n = len(images)
     index = reg.index
     sel = np.nonzero(~g.grounded[index])[0]
@@ -225,7 +247,13 @@ def verify(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray, reg: Re
     # it. (Occluding an ordinary object can also change a multi-object scene's label; isolating
     # it then shows that object, not the label.) Only such regions get an occluded view.
     sel = sel[(reg.area[sel] <= cfg.trigger_area) & (g.region_label[sel] == g.candidate[index[sel]])]
-    occ_emb, background_holds = _occlusion_views(model, enc, clock, images, reg, whole, text, scale, cfg, sel)
+    occ_emb, background_holds = _occlusion_views(model, enc, clock, images, reg, whole, text, scale, cfg, sel,
+                                                 ~g.grounded if lazy_background else np.ones(n, bool))
+    if lazy_background:
+        flagged = np.isin(whole.label, whole.label[~g.grounded & background_holds])
+        _, holds = _occlusion_views(model, enc, clock, images, reg, whole, text, scale, cfg, sel[:0],
+                                    g.grounded & flagged)
+        background_holds |= g.grounded & flagged & holds
     complete_regions(model, enc, clock, images, reg, whole, g, text, scale, np.nonzero(background_holds)[0])
     with clock("scoring"):
         trig = scoring.trigger_scores(occ_emb, g.iso_emb[sel], whole.emb, index[sel], g.candidate, text, scale)
@@ -262,16 +290,21 @@ def describe_regions(f: ImageFinding, reg: Regions, g: Grounding) -> None:
 
 
 def _occlusion_views(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray, reg: Regions, whole: WholeImage,
-                     text: np.ndarray, scale: float, cfg: ScanConfig, occlude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of regions ``occlude``'s occluded views, and whether each image still shows
-    its label with all its regions occluded (an image without regions: its own whole-image
-    probability, nothing encoded twice)."""
-    has = np.diff(reg.start) > 0
-    holds = whole.prob >= cfg.background_prob  # the label is the whole image's top-1
+                     text: np.ndarray, scale: float, cfg: ScanConfig, occlude: np.ndarray,
+                     background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of regions ``occlude``'s occluded views, and whether each image of
+    ``background`` (bool [N]) still shows its label with all its regions occluded (an image
+    without regions: its own whole-image probability, nothing encoded twice; an image outside
+    ``background``: False)."""
+    regions_of = np.diff(reg.start) > 0
+    holds = (whole.prob >= cfg.background_prob) & background  # the label is the whole image's top-1
+    has = regions_of & background
     if not len(occlude) and not has.any():
         return np.zeros((0, text.shape[1]), np.float32), holds
     with clock("render"):
-        union = np.logical_or.reduceat(reg.masks, reg.start[:-1][has], axis=0) if has.any() else reg.masks[:0]
+        # reduceat runs to the next listed start: every image with regions listed, then the wanted kept
+        union = (np.logical_or.reduceat(reg.masks, reg.start[:-1][regions_of], axis=0)[background[regions_of]]
+                 if has.any() else reg.masks[:0])
         views = _render(model, images, np.concatenate([reg.masks[occlude], union]),
                         np.concatenate([reg.index[occlude], np.nonzero(has)[0]]), "occlude")
     with clock("encode_regions"):
@@ -364,6 +397,7 @@ class ProbeAnalysis:
     stats: dict[str, np.ndarray]
     regions: Regions
     whole: WholeImage
+    grounding: Grounding
 
 
 def probe_analysis(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray, vocab: Any, oracle: Callable,
@@ -377,7 +411,7 @@ def probe_analysis(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray,
         reg = oracle_regions(oracle, images, cfg)
     g = ground(model, enc, clock, images, reg, whole, text, scale, cfg, complete=False)
     clock.bar.update(1)
-    findings = verify(model, enc, clock, images, reg, whole, g, text, scale, cfg)
+    findings = verify(model, enc, clock, images, reg, whole, g, text, scale, cfg, lazy_background=True)
     clock.bar.update(1)
     searched = worth_searching(findings, whole.label, text.shape[0], cfg)
     with clock("window_search", tick=True):
@@ -405,7 +439,19 @@ def probe_analysis(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray,
     complete_regions(model, enc, clock, images, reg, whole, g, text, scale, victims)
     for i in victims:
         describe_regions(findings[i], reg, g)
-    return ProbeAnalysis(findings=findings, suspects=suspects, stats=stats, regions=reg, whole=whole)
+    return ProbeAnalysis(findings=findings, suspects=suspects, stats=stats, regions=reg, whole=whole, grounding=g)
+
+
+def name_objects(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray, probe: ProbeAnalysis,
+                 text: np.ndarray, scale: float) -> None:
+    """Every object-sized region isolated and labelled, where grounding stopped at the first
+    object that showed the label: a repair captions an image with all its objects (a caption
+    naming the label alone teaches the model that a busy scene is that label)."""
+    g, reg = probe.grounding, probe.regions
+    _encode_isolated(model, enc, clock, images, reg, probe.whole, g, text, scale,
+                     np.nonzero(g.object_sized & ~g.encoded)[0])
+    for f in probe.findings:
+        describe_regions(f, reg, g)
 
 
 def scan(
@@ -467,6 +513,9 @@ def scan(
     suspects = aggregate.merge(probe.suspects if probe else [], synth.suspects if synth else [])
     decision = aggregate.decide(suspects, probe_size=len(images), mode=mode,
                                 synthesis=synth, synthesis_error=errors[0] if errors else None, cfg=cfg)
+    confirmed = [s for s in suspects if s.confirmed]
+    if probe and confirmed:  # only a backdoor found is repaired, and the repair captions the objects
+        name_objects(model, enc, clock, images, probe, text, scale)
     timings: dict[str, float] = dict(clock.seconds)
     timings["encoded_inputs"] = enc.count
     timings["encode_seconds"] = enc.seconds
@@ -475,7 +524,6 @@ def scan(
         timings["synthesis_encoded_inputs"] = synth_enc.count
         timings["encode_seconds"] += synth_enc.seconds
     findings = probe.findings if probe else _label_only_findings(synth)
-    confirmed = [s for s in suspects if s.confirmed]
     victims = aggregate.victims_of(confirmed, findings)
     return ScanReport(
         model=ScanReport.model_info(model), verdict=decision.verdict, score=decision.score, reason=decision.reason,

@@ -163,12 +163,25 @@ def test_the_window_search_stops_on_labels_where_it_is_futile(monkeypatch):
     assert len(done) == 8 and sum(findings[i].verified for i in done) == 8
 
 
-def test_grounding_only_the_objects_gives_the_same_findings():
-    """The scan encodes the small and background-sized regions of an image only where its label
-    is ungrounded (or its background still shows the label): the same grounding, candidates,
-    verified regions, boxes and background views as encoding every region, with fewer inputs."""
+def test_grounding_until_an_object_shows_the_label_gives_the_same_findings():
+    """The probe analysis encodes an image's object regions largest first until one grounds its
+    label, its small and background-sized regions only where the label is ungrounded (or its
+    background still shows the label), and a grounded image's background view only where its
+    label's ungrounded images showed a background hit: the same grounding, candidates, verified
+    regions and boxes as encoding everything, with fewer inputs; ``name_objects`` then names every
+    image's objects as the full grounding does."""
     from clipguard.oracle import get_oracle
-    from clipguard.scan import ScanConfig, _Clock, _Encoder, ground, oracle_regions, verify, whole_image_labels
+    from clipguard.scan import (
+        ProbeAnalysis,
+        ScanConfig,
+        _Clock,
+        _Encoder,
+        ground,
+        name_objects,
+        oracle_regions,
+        verify,
+        whole_image_labels,
+    )
 
     model = clipguard.load_model("toy:badnet")  # shapes: no data files needed
     probe = load_probe("toy:shapes:200:0.1", model, seed=0)
@@ -179,18 +192,34 @@ def test_grounding_only_the_objects_gives_the_same_findings():
     for complete in (True, False):
         enc = _Encoder(model, 256)
         g = ground(model, enc, _Clock(None), probe.images, reg, whole, text, scale, cfg, complete=complete)
-        runs[complete] = (g, verify(model, enc, _Clock(None), probe.images, reg, whole, g, text, scale, cfg), enc.count)
+        found = verify(model, enc, _Clock(None), probe.images, reg, whole, g, text, scale, cfg,
+                       lazy_background=not complete)
+        runs[complete] = (g, found, enc.count)
     (g_all, all_, n_all), (g_obj, obj, n_obj) = runs[True], runs[False]
-    assert g_all.encoded.all() and g_obj.encoded[g_obj.object_sized].all() and not g_obj.encoded.all()
+    assert g_all.encoded.all() and not g_obj.encoded[g_obj.object_sized].all()
     np.testing.assert_array_equal(g_all.grounded, g_obj.grounded)
     np.testing.assert_array_equal(g_all.candidate, g_obj.candidate)
     assert n_obj < n_all
+    flagged = {f.label for f in obj if not f.grounded and f.background_holds}
     for a, b in zip(all_, obj):
-        assert (a.candidate, a.verified, a.trigger_box, a.background_holds, a.object_labels) == \
-               (b.candidate, b.verified, b.trigger_box, b.background_holds, b.object_labels)
+        assert (a.candidate, a.verified, a.trigger_box) == (b.candidate, b.verified, b.trigger_box)
+        assert b.background_holds <= a.background_holds
+        if not b.grounded or b.label in flagged:
+            assert b.background_holds == a.background_holds
         assert b.global_share <= a.global_share
         assert [x for x in b.region_labels if x is not None] == [x for x, y in zip(a.region_labels, b.region_labels)
                                                                   if y is not None]
         if not b.grounded or b.background_holds:
             assert b.region_labels == a.region_labels and b.global_share == a.global_share
+        else:
+            assert b.label in b.object_labels and set(b.object_labels) <= set(a.object_labels)
     assert sum(f.verified for f in obj) > 0 and any(None in f.region_labels for f in obj)
+    skipped = [b for b in obj if b.grounded and b.label not in flagged]  # no background view encoded
+    assert skipped and not any(b.background_holds for b in skipped)
+    unnamed = int((g_obj.object_sized & ~g_obj.encoded).sum())
+    assert unnamed > 0
+    enc = _Encoder(model, 256)
+    name_objects(model, enc, _Clock(None), probe.images,
+                 ProbeAnalysis(findings=obj, suspects=[], stats={}, regions=reg, whole=whole, grounding=g_obj), text, scale)
+    assert enc.count == unnamed
+    assert [a.object_labels for a in all_] == [b.object_labels for b in obj]
