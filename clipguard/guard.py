@@ -10,8 +10,8 @@ label (the same ``min_drop`` as the scan), and the label of the cleaned view is 
 ``clean_label``. Other images cost one encoding, as plain zero-shot classification does.
 
 *Without one* (or with a report that confirmed nothing): Algorithm 1 per image, stage by stage --
-the whole-image label, the oracle's regions, their isolate views (a label an object-sized region
-shows on its own is grounded: done), the occluded views of an ungrounded image's regions (one whose
+the whole-image label, the oracle's regions, their isolate views, largest object first (a label an
+object-sized region shows on its own is grounded: done), the occluded views of an ungrounded image's regions (one whose
 occlusion removes the label and whose isolate view shows it is the trigger), and the oracle-free
 window search where no region explains the label.
 
@@ -382,7 +382,9 @@ class Guard:
         enc, text, scale, cfg = self._enc, self._text, self._scale, self.cfg
         with self._clock("oracle"):
             reg = oracle_regions(self._oracle, images, cfg)
-        g = ground(self.model, enc, self._clock, images, reg, whole, text, scale, cfg)
+        # Largest object first until one grounds the label: a grounded image is answered then, and
+        # an ungrounded one gets every region, so each answer is the one full grounding gives.
+        g = ground(self.model, enc, self._clock, images, reg, whole, text, scale, cfg, complete=False)
         findings = verify(self.model, enc, self._clock, images, reg, whole, g, text, scale, cfg)
         with self._clock("window_search"):
             todo = [f.index for f in findings if f.candidate is not None and not f.verified]
