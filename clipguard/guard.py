@@ -11,9 +11,9 @@ label (the same ``min_drop`` as the scan), and the label of the cleaned view is 
 
 *Without one* (or with a report that confirmed nothing): Algorithm 1 per image, stage by stage --
 the whole-image label, the oracle's regions, their isolate views, largest object first (a label an
-object-sized region shows on its own is grounded: done), the occluded views of an ungrounded image's regions (one whose
-occlusion removes the label and whose isolate view shows it is the trigger), and the oracle-free
-window search where no region explains the label.
+object-sized region shows on its own is grounded: done), the occluded views of an ungrounded
+image's regions (one whose occlusion removes the label and whose isolate view shows it is the
+trigger), and the oracle-free window search where no region explains the label.
 
 Both feed an *online Algorithm 2*: running per-label counts of triggered inputs against how often
 the model gives each label, with the scan's iterated anomaly index. When a label turns anomalous,

@@ -222,7 +222,7 @@ def verify(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray, reg: Re
            g: Grounding, text: np.ndarray, scale: float, cfg: ScanConfig,
            lazy_background: bool = False) -> list[ImageFinding]:
     """Occluded views where they can verify something (the small regions of images with a
-    candidate that show it on their own) and the images' background views (all its regions
+    candidate that show it on their own) and the images' background views (all their regions
     occluded: a trigger that is everywhere survives there, an object's label mostly does not);
     the native trigger scores; one :class:`ImageFinding` per image.
 
@@ -253,7 +253,7 @@ def verify(model: Any, enc: _Encoder, clock: _Clock, images: np.ndarray, reg: Re
         flagged = np.isin(whole.label, whole.label[~g.grounded & background_holds])
         _, holds = _occlusion_views(model, enc, clock, images, reg, whole, text, scale, cfg, sel[:0],
                                     g.grounded & flagged)
-        background_holds |= g.grounded & flagged & holds
+        background_holds |= holds  # False outside the images asked for
     complete_regions(model, enc, clock, images, reg, whole, g, text, scale, np.nonzero(background_holds)[0])
     with clock("scoring"):
         trig = scoring.trigger_scores(occ_emb, g.iso_emb[sel], whole.emb, index[sel], g.candidate, text, scale)
