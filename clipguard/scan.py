@@ -60,7 +60,7 @@ class ScanConfig:
     window_min: float = 0.06  # smallest occlusion window, as a share of the image side
     anomaly: float = 2.0  # anomaly index above which a label is a suspect
     search_anomaly: float = 1.0  # the window search runs on labels whose unexplained rate has at least this index
-    search_round: int = 8  # images per label per round of the window search (futile labels stop early)
+    search_round: int = 4  # images per label per round of the window search (futile labels stop early)
     min_victims: int = 2  # fewer verified candidates than this are not evidence
     global_share: float = 0.75  # share of an image's regions carrying the label for a global trigger
     background_prob: float = 0.9  # the background view (all regions occluded) must show the label this surely

@@ -151,7 +151,8 @@ def test_the_window_search_stops_on_labels_where_it_is_futile(monkeypatch):
 
     monkeypatch.setattr(sys.modules["clipguard.scan"], "localize_windows", fake_windows)  # the module, not scan()
     whole = WholeImage(label=labels, prob=np.full(90, 0.9, np.float32), emb=np.zeros((90, 4), np.float32))
-    done = search_until_futile(None, None, None, findings, list(range(90)), whole, None, 1.0, ScanConfig())
+    cfg = ScanConfig(search_round=8)
+    done = search_until_futile(None, None, None, findings, list(range(90)), whole, None, 1.0, cfg)
     assert sorted(searched) == done and len(set(done)) == len(done)  # no image searched twice
     per_label = np.bincount(labels[done], minlength=3)
     assert per_label[0] == 30 and per_label[1] == 8 and per_label[2] == (16 if 60 in done else 8), per_label
@@ -159,7 +160,7 @@ def test_the_window_search_stops_on_labels_where_it_is_futile(monkeypatch):
     for f in findings:
         f.verified = False
     searched.clear()
-    done = search_until_futile(None, None, None, findings, list(range(30)), whole, None, 1.0, ScanConfig(), enough=4)
+    done = search_until_futile(None, None, None, findings, list(range(30)), whole, None, 1.0, cfg, enough=4)
     assert len(done) == 8 and sum(findings[i].verified for i in done) == 8
 
 
