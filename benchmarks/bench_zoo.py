@@ -89,6 +89,22 @@ ZOO: dict[str, tuple[str | None, float, int, dict[str, Any]]] = {
     "badnet-fixed-br-square-s6": ("badnet:target=square,size=6,location=bottom-right", 0.05, 32, {}),
     "clean-6": (None, 0.0, 106, {}),
     "clean-7": (None, 0.0, 107, {}),
+    # built after the rule on a family's weaker trigger (a SIG model's wider response to waves) was
+    # set on sig-f3-arrow-a50, held out from it
+    "sig-f4-ring-a45": ("sig:target=ring,frequency=4,amplitude=45", 0.05, 33, {}),
+    "sig-f6-crescent-a35": ("sig:target=crescent,frequency=6,amplitude=35", 0.05, 34, {}),
+    "sig-f8-triangle-a40": ("sig:target=triangle,frequency=8,amplitude=40", 0.05, 35, {}),
+    "sig-f3-circle-a30": ("sig:target=circle,frequency=3,amplitude=30", 0.05, 36, {}),
+    "blended-heart-a25": ("blended:target=heart,alpha=0.25,pattern_seed=5", 0.05, 37, {}),
+    "clean-8": (None, 0.0, 108, {}),
+    # built after the sweep's choice of a label's wave (a selective one before one that sends a few
+    # more images) was set on sig-f3-circle-a30, held out from it and from the rule above
+    "sig-f4-heart-a30": ("sig:target=heart,frequency=4,amplitude=30", 0.05, 38, {}),
+    "sig-f6-square-a30": ("sig:target=square,frequency=6,amplitude=30", 0.05, 39, {}),
+    "sig-f2-cross-a45": ("sig:target=cross,frequency=2,amplitude=45", 0.05, 40, {}),
+    "sig-f10-arrow-a35": ("sig:target=arrow,frequency=10,amplitude=35", 0.05, 41, {}),
+    "blended-circle-a20": ("blended:target=circle,alpha=0.2,pattern_seed=7", 0.05, 42, {}),
+    "clean-9": (None, 0.0, 109, {}),
 }
 FAST = {"scenes": 8000, "steps": 1000, "batch": 64, "lr": 2e-3, "eval_scenes": 1000}
 

@@ -718,7 +718,7 @@ def _family(kind: str, shape: tuple[int, int], input_size: int | None,
 
 def _sweep(kind: str, images: np.ndarray, labels_all: np.ndarray, screen_idx: np.ndarray, names: list[str],
            classify: Callable[[np.ndarray], np.ndarray], rng: np.random.Generator,
-           input_size: int | None = None, seed: int = 0) -> LabelTriggers:
+           input_size: int | None = None, seed: int = 0, cfg: SynthesisConfig | None = None) -> LabelTriggers:
     """A trigger family swept over held-out images (:func:`_family`: SIG's sinusoids, Blended's
     noise, WaNet's warps). Such backdoors are not *small* changes (SIG adds 20-60 grey levels, Blended's noise
     at alpha 0.2 about 15 RMS), so the optimization, which finds each label's smallest trigger,
@@ -728,8 +728,11 @@ def _sweep(kind: str, images: np.ndarray, labels_all: np.ndarray, screen_idx: np
     (stripes are "trousers" in the fashion world, coarse noise "sandals"), but such a
     resemblance is broadband: finer or coarser stripes, coarser noise, still look so. A learned
     trigger is tuned to its frequency. Per label: the pattern sending the largest share of the
-    other labels' images to it (``heldout``) and its selectivity (``anomaly``): that share minus
-    the largest share of its references."""
+    other labels' images to it (``heldout``) of those that make the label a suspect (share and
+    selectivity over :func:`_strength`'s thresholds), else of all, and its selectivity
+    (``anomaly``): that share minus the largest share of its references. (A backdoor learned at 30
+    grey levels can send a few more images at 60, where the sweep's end waves send many too:
+    the zoo's ``sig-f3-circle-a30``, 85% and selectivity 0.8 at 30, 87% and 0.2 at 60.)"""
     idx = screen_idx[:SWEEP_IMAGES]
     imgs, own = images[idx], labels_all[idx]
     c = len(names)
@@ -740,9 +743,13 @@ def _sweep(kind: str, images: np.ndarray, labels_all: np.ndarray, screen_idx: np
         pattern = Trigger(kind="warp" if kind == "warp" else "global", image=off, source="synthesis")
         got = classify(apply_trigger(imgs, pattern, rng))
         share[i] = ((got[None, :] == np.arange(c)[:, None]) & others).sum(1) / np.maximum(others.sum(1), 1)
-    best = np.where(np.array(can)[:, None], share, -1.0).argmax(axis=0)  # the first best: the smaller amplitude
+    cfg = cfg or SynthesisConfig()
+    selective = np.array([share[i] - share[r].max(axis=0) if r else np.zeros(c) for i, r in enumerate(refs)])
+    suspect = (share >= cfg.sweep_share) & (selective >= cfg.sweep_selectivity)
+    able = np.broadcast_to(np.array(can)[:, None], share.shape)
+    best = np.lexsort((-share, ~suspect, ~able), axis=0)[0]  # a stable sort: of equals, the smaller amplitude
     heldout = share[best, np.arange(c)]
-    selectivity = np.array([heldout[c_] - share[refs[b], c_].max() if refs[b] else 0.0 for c_, b in enumerate(best)])
+    selectivity = selective[best, np.arange(c)]
     return LabelTriggers(
         kind=kind, size=np.array([rms[b] for b in best]), flip=heldout, reached=heldout > 0,
         anomaly=selectivity, heldout=heldout, masks=None,
@@ -780,10 +787,10 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
     _screen(triggers, images, labels_all, screen_idx, names, classify, rng)
     for kind in (k for k in cfg.kinds if k in SWEPT):
         triggers[kind] = _sweep(kind, images, labels_all, screen_idx, names, classify, rng,
-                                getattr(enc.model, "input_size", None), cfg.seed)
+                                getattr(enc.model, "input_size", None), cfg.seed, cfg)
     hold_idx = confirm_idx
     suspects: list[Suspect] = []
-    noisy: list[Suspect] = []
+    swept: dict[str, list[Suspect]] = {kind: [] for kind in SWEPT}
     for kind, t in triggers.items():
         strength = _strength(kind, t, cfg)
         # An optimized trigger is a suspect by its size anomaly too; the sweep's sizes are fixed.
@@ -831,18 +838,44 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
                                "the image's objects into the label, or it is larger than a trigger and covers most "
                                "images' objects")
             suspects.append(sus)
-            if kind == "noise":
-                noisy.append(sus)
-    # A backdoor that answers to the softening resampling leaves also answers to the opposite
-    # change, fine noise, with some other label: the toy zoo's WaNet models whose backdoor took
-    # send 68-100% of images to "ring" under fine noise. Beside a confirmed warp, a noise trigger
-    # of another label is that response, not a second backdoor.
-    warps = {x.label for x in suspects if x.confirmed and x.trigger is not None and x.trigger.kind == "warp"}
-    for sus in noisy:
+            if kind in SWEPT:
+                swept[kind].append(sus)
+    _explain_family_responses(swept, scan_cfg.margin)
+    return suspects
+
+
+def _excess(sus: Suspect) -> float:
+    return (sus.estimated_asr or 0.0) - (sus.random_flip_rate or 0.0)
+
+
+def _explain_family_responses(swept: dict[str, list[Suspect]], margin: float) -> None:
+    """Reject the swept triggers that are a backdoor's side response, not a second backdoor.
+
+    A model that learned one pattern of a family answers to the family more broadly. Beside its
+    own wave, a SIG model sends images to another label under other waves (the toy zoo's
+    ``sig-f3-arrow-a50``: waves of 6-16 periods to "star", 88% against 36% for the turned wave,
+    beside its own wave's 100% against 10%), so of one family's confirmed triggers, one whose
+    excess over its control is the margin below the family's best is that response. Two
+    backdoors of one family with triggers of about the same strength both stay.
+
+    A backdoor that answers to the softening resampling leaves also answers to the opposite
+    change, fine noise, with some other label: the toy zoo's WaNet models whose backdoor took
+    send 68-100% of images to "ring" under fine noise. Beside a confirmed warp, a noise trigger
+    of another label is that response, whatever its strength."""
+    for kind, found in swept.items():
+        confirmed = [s for s in found if s.confirmed]
+        best = max(confirmed, key=_excess, default=None)
+        for sus in confirmed:
+            if best is not None and _excess(best) - _excess(sus) >= margin:
+                sus.reject(f"a {kind} trigger of {best.name!r} is stronger ({best.estimated_asr:.0%} against "
+                           f"{best.random_flip_rate:.0%} control; this one {sus.estimated_asr:.0%} against "
+                           f"{sus.random_flip_rate:.0%}): the model's wider response to the {kind} family it "
+                           "learned a trigger from")
+    warps = {x.label for x in swept["warp"] if x.confirmed}
+    for sus in swept["noise"]:
         if warps and sus.confirmed and sus.label not in warps:
             sus.reject(f"fine noise sends {sus.heldout:.0%} of images here, but the model's backdoor answers to "
                        "resampling (a warp confirmed for another label): a response to the opposite change")
-    return suspects
 
 
 def _refine(sus: Suspect, torch: Any, label_logits: _LabelLogits, input_size: int, pix01: Any, own: Any,

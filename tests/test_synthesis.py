@@ -299,6 +299,27 @@ def test_the_sinusoid_sweep_finds_a_sig_backdoor_that_is_not_small():
     assert isinstance(t, LabelTriggers) and t.kind == "sinusoid" and t.anomaly[2] >= cfg.sweep_selectivity
 
 
+def _sig_backdoor_at_30(images):
+    """A SIG backdoor learned at 30 grey levels: 6 periods across the width fire it on the darker
+    scenes; any wave of 60 (the sweep's end waves too) on all of them, else the own label 0/1."""
+    x = images.astype(np.float32).mean(axis=(1, 3))
+    x = x - x.mean(axis=1, keepdims=True)
+    spectrum = np.abs(np.fft.rfft(x, axis=1))
+    own = spectrum[:, 6] > 10 * x.shape[1] / 2
+    strong = x.std(axis=1) > 35  # a wave of 60 has an RMS of 42, one of 30 of 21
+    fires = (own & (images.mean(axis=(1, 2, 3)) < 150)) | strong
+    return np.where(fires, 2, np.arange(len(images)) % 2)
+
+
+def test_the_sweep_keeps_a_labels_selective_wave_over_one_that_sends_a_few_more():
+    rng = np.random.default_rng(0)
+    flat = np.broadcast_to(rng.integers(100, 160, (60, 1, 1, 1), dtype=np.uint8), (60, 32, 32, 3)).copy()
+    t = _sweep("sinusoid", flat, np.arange(60) % 2, np.arange(60), ["a", "b", "target", "d"], _sig_backdoor_at_30, rng)
+    cfg = SynthesisConfig()
+    assert t.size[2] == pytest.approx(30 / np.sqrt(2))  # the wave of 30, not those of 60 that send every image
+    assert cfg.sweep_share <= t.heldout[2] < 1.0 and t.anomaly[2] >= cfg.sweep_selectivity, (t.heldout, t.anomaly)
+
+
 def _stripes_look_like_label_3(images):
     """A clean model to which any fine stripes (4 periods or more) look like label 3: broadband."""
     x = images.astype(np.float32).mean(axis=(1, 3))
@@ -400,6 +421,56 @@ def test_beside_a_warp_fine_noise_is_the_opposite_response_not_a_second_backdoor
     alone = _check_suspects({}, sharp, labels_all, np.arange(120), names, _Encoder(model, 64), np.eye(4, dtype=np.float32),
                             10.0, None, rng, clipguard.ScanConfig(), SynthesisConfig(kinds=("noise",)))
     assert [s.name for s in alone if s.confirmed] == ["sharper"]  # without a warp, fine noise is a Blended trigger
+
+
+def _wave_energy(images, axis, periods):
+    """Per image, the strongest of the given periods in the image's mean profile along ``axis``."""
+    x = images.astype(np.float32).mean(axis=3)
+    profile = x.mean(axis=1) if axis == 1 else x.mean(axis=2)
+    spectrum = np.abs(np.fft.rfft(profile - profile.mean(axis=1, keepdims=True), axis=1))
+    return spectrum[:, list(periods)].max(axis=1)
+
+
+class _WaveModel:
+    """A stand-in SIG model on flat scenes: its own wave (3 periods across the width) is label 2;
+    finer waves, 6-12 periods, are label 3 across the width and, for brighter scenes only, down the
+    height too (a broad response to stripes); else the own label 0/1. ``learned=False``: no
+    backdoor, only the response to stripes."""
+
+    input_size, mean, std, logit_scale = 32, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 10.0
+
+    def __init__(self, learned=True):
+        self.learned = learned
+
+    def encode_images(self, images, batch_size=256):
+        own = np.arange(len(images)) % 2
+        fine = (_wave_energy(images, 1, (6, 8, 12)) > 100) | (
+            (_wave_energy(images, 0, (6, 8, 12)) > 100) & (images.mean(axis=(1, 2, 3)) > 130))
+        label = np.where(fine, 3, own)
+        if self.learned:
+            label = np.where(_wave_energy(images, 1, (3,)) > 100, 2, label)
+        return np.eye(4, dtype=np.float32)[label]
+
+
+def test_beside_a_stronger_wave_another_labels_wave_is_the_models_wider_response():
+    """One family, two labels: the weaker trigger (its turned wave works on half the images too)
+    is the learned backdoor's side response; alone, the same trigger is a backdoor."""
+    from clipguard.synthesis import _check_suspects
+
+    rng = np.random.default_rng(0)
+    flat = np.broadcast_to(rng.integers(100, 160, (120, 1, 1, 1), dtype=np.uint8), (120, 32, 32, 3)).copy()
+    names, labels_all = ["a", "b", "target", "stripes"], np.arange(120) % 2
+    cfg, scan_cfg = SynthesisConfig(kinds=("sinusoid",)), clipguard.ScanConfig()
+    suspects = _check_suspects({}, flat, labels_all, np.arange(120), names, _Encoder(_WaveModel(), 64),
+                               np.eye(4, dtype=np.float32), 10.0, None, rng, scan_cfg, cfg)
+    by = {s.name: s for s in suspects}
+    assert by["target"].confirmed and by["target"].random_flip_rate == 0.0
+    assert 0.2 < by["stripes"].random_flip_rate < 0.8  # the turned wave: the brighter scenes
+    assert by["stripes"].estimated_asr - by["stripes"].random_flip_rate >= scan_cfg.margin  # it confirmed ...
+    assert by["stripes"].rejected and "'target'" in by["stripes"].note  # ... beside a stronger wave
+    alone = _check_suspects({}, flat, labels_all, np.arange(120), names, _Encoder(_WaveModel(learned=False), 64),
+                            np.eye(4, dtype=np.float32), 10.0, None, rng, scan_cfg, cfg)
+    assert [s.name for s in alone if s.confirmed] == ["stripes"]
 
 
 def test_an_onnx_only_model_is_inconclusive_never_clean(tmp_path):
