@@ -732,7 +732,7 @@ def _sweep(kind: str, images: np.ndarray, labels_all: np.ndarray, screen_idx: np
     selectivity over :func:`_strength`'s thresholds), else of all, and its selectivity
     (``anomaly``): that share minus the largest share of its references. (A backdoor learned at 30
     grey levels can send a few more images at 60, where the sweep's end waves send many too:
-    the zoo's ``sig-f3-circle-a30``, 85% and selectivity 0.8 at 30, 87% and 0.2 at 60.)"""
+    the zoo's ``sig-f3-circle-a30``, 91% and selectivity 0.71 at 30, 100% and 0.41 at 60.)"""
     idx = screen_idx[:SWEEP_IMAGES]
     imgs, own = images[idx], labels_all[idx]
     c = len(names)
@@ -845,6 +845,7 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
 
 
 def _excess(sus: Suspect) -> float:
+    """How far a confirmed trigger's flip rate beat its control's."""
     return (sus.estimated_asr or 0.0) - (sus.random_flip_rate or 0.0)
 
 
