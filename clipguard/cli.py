@@ -116,7 +116,8 @@ def summary_line(name: str, r: Any) -> str:
     unconfirmed = [s for s in r.suspects if not s.confirmed]
     if unconfirmed:
         line += "; unconfirmed suspects: " + ", ".join(
-            f"{s.name} ({'+'.join(s.evidence)}, anomaly {s.anomaly:.1f}, {len(s.victims)} victims)" for s in unconfirmed)
+            f"{s.name} ({'+'.join(s.evidence)}, anomaly {s.anomaly:.1f}, {len(s.victims)} victims"
+            f"{', explained away: see the report' if s.rejected else ''})" for s in unconfirmed)
     return line
 
 

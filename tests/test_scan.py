@@ -224,3 +224,20 @@ def test_grounding_until_an_object_shows_the_label_gives_the_same_findings():
                  ProbeAnalysis(findings=obj, suspects=[], stats={}, regions=reg, whole=whole, grounding=g_obj), text, scale)
     assert enc.count == unnamed
     assert [a.object_labels for a in all_] == [b.object_labels for b in obj]
+
+
+def test_the_summary_line_tells_an_explained_away_suspect_from_a_weak_one():
+    from types import SimpleNamespace
+
+    from clipguard.cli import summary_line
+    from clipguard.findings import Suspect
+
+    weak = Suspect(label=1, name="ring", kind="global", evidence=["probe"], anomaly=4.2, victims=[3, 5])
+    explained = Suspect(label=2, name="star", kind="global", evidence=["synthesis"], anomaly=0.9)
+    explained.reject("a sinusoid trigger of 'arrow' is stronger")
+    confirmed = Suspect(label=0, name="arrow", kind="global", evidence=["synthesis"], confirmed=True)
+    report = SimpleNamespace(verdict="backdoored", score=1.0, affected_labels=["arrow"], victims=[], probe_size=300,
+                             reason="'arrow': global trigger", timings={}, suspects=[confirmed, weak, explained])
+    line = summary_line("m", report)
+    assert "unconfirmed suspects: ring (probe, anomaly 4.2, 2 victims), " in line
+    assert "star (synthesis, anomaly 0.9, 0 victims, explained away: see the report)" in line
