@@ -534,3 +534,20 @@ def test_the_oracle_check_needs_objects_beside_a_large_patch():
     out = _oracle_check(lambda x: np.ones(len(x), int), lambda imgs: [centre for _ in imgs], images, small, 1, rng,
                         clipguard.ScanConfig())
     assert out["objects"] == 0 and out["passed"]
+
+
+def test_two_triggers_of_one_family_within_the_margin_both_stay():
+    from clipguard.findings import Suspect
+    from clipguard.synthesis import _explain_family_responses
+
+    def wave(label, asr, control):
+        return Suspect(label=label, name=f"l{label}", kind="global", evidence=["synthesis"], confirmed=True,
+                       estimated_asr=asr, random_flip_rate=control, score=0.99)
+
+    margin = clipguard.ScanConfig().margin
+    near = [wave(0, 1.0, 0.46), wave(1, 0.9, 0.48)]  # excess 0.54 and 0.42: two backdoors, or too close to tell
+    far = [wave(2, 1.0, 0.10), wave(3, 0.88, 0.36)]  # excess 0.90 and 0.52: the second is the side response
+    _explain_family_responses({"sinusoid": near, "noise": [], "warp": []}, margin)
+    _explain_family_responses({"sinusoid": [], "noise": far, "warp": []}, margin)
+    assert all(s.confirmed and not s.rejected for s in near)
+    assert far[0].confirmed and far[1].rejected and not far[1].confirmed and far[1].score <= 0.49
