@@ -216,10 +216,15 @@ def _strength(kind: str, t: LabelTriggers, cfg: SynthesisConfig) -> np.ndarray:
     """Per label, the held-out flip rate over the rate that makes a suspect (1 at the threshold);
     for the sweep and the square, the smaller of that and the selectivity over its threshold."""
     if kind in SWEPT:
-        return np.minimum(t.heldout / cfg.sweep_share, t.anomaly / cfg.sweep_selectivity)
+        return _swept_strength(t.heldout, t.anomaly, cfg)
     if kind == "square":
         return np.minimum(t.heldout / cfg.generalize, t.anomaly / cfg.square_selectivity)
     return t.heldout / cfg.generalize
+
+
+def _swept_strength(share: np.ndarray, selectivity: np.ndarray, cfg: SynthesisConfig) -> np.ndarray:
+    """A swept pattern's share and selectivity over their thresholds, the smaller (1: a suspect)."""
+    return np.minimum(share / cfg.sweep_share, selectivity / cfg.sweep_selectivity)
 
 
 def _total_variation(m: Any) -> Any:
@@ -745,7 +750,7 @@ def _sweep(kind: str, images: np.ndarray, labels_all: np.ndarray, screen_idx: np
         share[i] = ((got[None, :] == np.arange(c)[:, None]) & others).sum(1) / np.maximum(others.sum(1), 1)
     cfg = cfg or SynthesisConfig()
     selective = np.array([share[i] - share[r].max(axis=0) if r else np.zeros(c) for i, r in enumerate(refs)])
-    suspect = (share >= cfg.sweep_share) & (selective >= cfg.sweep_selectivity)
+    suspect = _swept_strength(share, selective, cfg) >= 1
     able = np.broadcast_to(np.array(can)[:, None], share.shape)
     best = np.lexsort((-share, ~suspect, ~able), axis=0)[0]  # a stable sort: of equals, the smaller amplitude
     heldout = share[best, np.arange(c)]
@@ -865,9 +870,11 @@ def _explain_family_responses(swept: dict[str, list[Suspect]], margin: float) ->
     of another label is that response, whatever its strength."""
     for kind, found in swept.items():
         confirmed = [s for s in found if s.confirmed]
-        best = max(confirmed, key=_excess, default=None)
+        if not confirmed:
+            continue
+        best = max(confirmed, key=_excess)
         for sus in confirmed:
-            if best is not None and _excess(best) - _excess(sus) >= margin:
+            if _excess(best) - _excess(sus) >= margin:
                 sus.reject(f"a {kind} trigger of {best.name!r} is stronger ({best.estimated_asr:.0%} against "
                            f"{best.random_flip_rate:.0%} control; this one {sus.estimated_asr:.0%} against "
                            f"{sus.random_flip_rate:.0%}): the model's wider response to the {kind} family it "

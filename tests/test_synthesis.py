@@ -299,14 +299,19 @@ def test_the_sinusoid_sweep_finds_a_sig_backdoor_that_is_not_small():
     assert isinstance(t, LabelTriggers) and t.kind == "sinusoid" and t.anomaly[2] >= cfg.sweep_selectivity
 
 
+def _wave_energy(images, axis, periods):
+    """Per image, the strongest of the given periods in the image's mean profile along ``axis``."""
+    x = images.astype(np.float32).mean(axis=3)
+    profile = x.mean(axis=1) if axis == 1 else x.mean(axis=2)
+    spectrum = np.abs(np.fft.rfft(profile - profile.mean(axis=1, keepdims=True), axis=1))
+    return spectrum[:, list(periods)].max(axis=1)
+
+
 def _sig_backdoor_at_30(images):
     """A SIG backdoor learned at 30 grey levels: 6 periods across the width fire it on the darker
     scenes; any wave of 60 (the sweep's end waves too) on all of them, else the own label 0/1."""
-    x = images.astype(np.float32).mean(axis=(1, 3))
-    x = x - x.mean(axis=1, keepdims=True)
-    spectrum = np.abs(np.fft.rfft(x, axis=1))
-    own = spectrum[:, 6] > 10 * x.shape[1] / 2
-    strong = x.std(axis=1) > 35  # a wave of 60 has an RMS of 42, one of 30 of 21
+    own = _wave_energy(images, 1, (6,)) > 10 * images.shape[2] / 2
+    strong = images.astype(np.float32).mean(axis=(1, 3)).std(axis=1) > 35  # a wave of 60 has an RMS of 42, one of 30 of 21
     fires = (own & (images.mean(axis=(1, 2, 3)) < 150)) | strong
     return np.where(fires, 2, np.arange(len(images)) % 2)
 
@@ -421,14 +426,6 @@ def test_beside_a_warp_fine_noise_is_the_opposite_response_not_a_second_backdoor
     alone = _check_suspects({}, sharp, labels_all, np.arange(120), names, _Encoder(model, 64), np.eye(4, dtype=np.float32),
                             10.0, None, rng, clipguard.ScanConfig(), SynthesisConfig(kinds=("noise",)))
     assert [s.name for s in alone if s.confirmed] == ["sharper"]  # without a warp, fine noise is a Blended trigger
-
-
-def _wave_energy(images, axis, periods):
-    """Per image, the strongest of the given periods in the image's mean profile along ``axis``."""
-    x = images.astype(np.float32).mean(axis=3)
-    profile = x.mean(axis=1) if axis == 1 else x.mean(axis=2)
-    spectrum = np.abs(np.fft.rfft(profile - profile.mean(axis=1, keepdims=True), axis=1))
-    return spectrum[:, list(periods)].max(axis=1)
 
 
 class _WaveModel:
