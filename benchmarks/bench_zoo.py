@@ -107,6 +107,14 @@ ZOO: dict[str, tuple[str | None, float, int, dict[str, Any]]] = {
     "sig-f10-arrow-a35": ("sig:target=arrow,frequency=10,amplitude=35", 0.05, 41, {}),
     "blended-circle-a20": ("blended:target=circle,alpha=0.2,pattern_seed=7", 0.05, 42, {}),
     "clean-9": (None, 0.0, 109, {}),
+    # built at stop 29, before that stop's changes were set: held out from them
+    "badnet-fixed-tl-triangle-s5": ("badnet:target=triangle,size=5,location=top-left", 0.03, 43, {}),
+    "badnet-r2-heart-s6": ("badnet:target=heart,size=6,pattern_seed=4", 0.02, 44, {}),
+    "badnet-checker-bl-circle-s4": ("badnet:target=circle,size=4,location=bottom-left,pattern=checkerboard",
+                                    0.03, 45, {}),
+    "blended-star-a15": ("blended:target=star,alpha=0.15,pattern_seed=9", 0.05, 46, {}),
+    "sig-f5-diamond-a40": ("sig:target=diamond,frequency=5,amplitude=40", 0.05, 47, {}),
+    "clean-10": (None, 0.0, 112, {}),
 }
 FAST = {"scenes": 8000, "steps": 1000, "batch": 64, "lr": 2e-3, "eval_scenes": 1000}
 
@@ -186,6 +194,13 @@ def _suspect_row(sus: Any) -> dict[str, Any]:
     return row
 
 
+def _synthesis_rows(report: Any) -> dict[str, dict[str, float]]:
+    """Per label, every synthesized kind's held-out flip rate and anomaly (the screen's evidence,
+    suspect or not), to study the suspect rules on."""
+    keep = ("_heldout", "_anomaly")
+    return {row["label"]: {k: round(v, 4) for k, v in row.items() if k.endswith(keep)} for row in report.labels}
+
+
 def score(root: Path, settings: list[str], mode: str) -> None:
     manifest = json.loads((root / "manifest.json").read_text())
     done_path = root / "scores.jsonl"
@@ -213,7 +228,8 @@ def score(root: Path, settings: list[str], mode: str) -> None:
                      "score": report.score, "affected": report.affected_labels, "reason": report.reason,
                      "seconds": round(time.perf_counter() - t0, 1), "heldout": _heldout(report),
                      "evidence": report.suspects[0].evidence if report.suspects and report.suspects[0].confirmed else [],
-                     "suspects": [_suspect_row(x) for x in report.suspects]}
+                     "suspects": [_suspect_row(x) for x in report.suspects],
+                     "synthesis": _synthesis_rows(report)}
                 sink.write(json.dumps(r) + "\n")
                 sink.flush()
                 done[(name, setting, mode)] = r

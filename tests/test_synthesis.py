@@ -548,3 +548,63 @@ def test_two_triggers_of_one_family_within_the_margin_both_stay():
     _explain_family_responses({"sinusoid": [], "noise": far, "warp": []}, margin)
     assert all(s.confirmed and not s.rejected for s in near)
     assert far[0].confirmed and far[1].rejected and not far[1].confirmed and far[1].score <= 0.49
+
+
+def test_a_minimal_mask_need_not_show_the_label_on_its_own():
+    """The labels' smallest mask (a size outlier by the suspect rule's index) may be part of a
+    trigger that fires only with the scene's help: it passes without its isolated view showing the
+    label when its box is trigger-sized, and still fails with a large box or without the index."""
+    from clipguard.synthesis import _oracle_check
+    from clipguard.trigger import Trigger
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    strip = np.zeros((1, 32, 32), bool)
+    strip[0, :2, :] = True  # an object away from the patch
+
+    def classify(x):  # the label needs the patch's colour at the centre *and* a scene around it
+        scene = (x[:, 0, 0] != x[:, 31, 31]).any(axis=1)
+        return (scene & (x[:, 16, 16, 0] == 200)).astype(int)
+
+    small = Trigger(kind="patch", image=np.full((5, 5, 3), 200, np.uint8), label="x", box=(14, 14, 19, 19),
+                    source="synthesis")
+    big = Trigger(kind="patch", image=np.full((28, 28, 3), 200, np.uint8), label="x", box=(2, 4, 30, 32),
+                  source="synthesis")
+    for trigger, minimal, passed in ((small, False, False), (small, True, True), (big, True, False)):
+        out = _oracle_check(classify, lambda imgs: [strip for _ in imgs], images, trigger, 1, rng,
+                            clipguard.ScanConfig(), minimal=minimal)
+        assert out["isolated_shows_label"] == 0.0 and out["objects_show_label"] == 0.0, out
+        assert out["passed"] is passed and out["minimal"] is minimal, out
+
+
+def test_a_warp_beside_a_fitted_trigger_still_explains_fine_noise():
+    """A label confirmed by its fitted trigger, whose warp also makes it a suspect: fine noise
+    sending images to another label is the opposite response, as beside a confirmed warp."""
+    from clipguard.findings import Suspect
+    from clipguard.synthesis import _explain_family_responses
+
+    def noise():
+        return Suspect(label=3, name="ring", kind="global", evidence=["synthesis"], confirmed=True,
+                       estimated_asr=1.0, random_flip_rate=0.02, heldout=1.0, score=0.99)
+
+    beside, alone = noise(), noise()
+    _explain_family_responses({"sinusoid": [], "noise": [beside], "warp": []}, 0.15, warped={2})
+    _explain_family_responses({"sinusoid": [], "noise": [alone], "warp": []}, 0.15)
+    assert beside.rejected and not beside.confirmed and "opposite" in beside.note
+    assert alone.confirmed and not alone.rejected
+
+
+def test_a_corner_square_must_reproduce_a_backdoor_to_be_a_suspect():
+    """The 8 px square is a suspect by a higher held-out share than the free mask's: a weak clean
+    model's adversarial square sends 64-77% of images to some labels at one corner."""
+    from clipguard.synthesis import LabelTriggers, _strength
+
+    cfg = SynthesisConfig()
+    held = np.array([0.64, 0.77, 0.85, 0.98, 0.98])
+    selectivity = np.array([0.36, 0.42, 0.5, 0.87, 0.1])
+    t = LabelTriggers(kind="square", size=np.full(5, 0.03), flip=held, reached=np.ones(5, bool), anomaly=selectivity,
+                      heldout=held, masks=None, patterns=np.zeros((5, 1, 1, 3)))
+    assert (_strength("square", t, cfg) >= 1).tolist() == [False, False, True, True, False]
+    patch = LabelTriggers(kind="patch", size=np.full(5, 0.01), flip=held, reached=np.ones(5, bool),
+                          anomaly=np.zeros(5), heldout=held, masks=None, patterns=np.zeros((5, 1, 1, 3)))
+    assert (_strength("patch", patch, cfg) >= 1).all()  # the free mask's bar is the lower one
