@@ -29,7 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable
 
 import numpy as np
 
@@ -873,7 +873,7 @@ def _excess(sus: Suspect) -> float:
 
 
 def _explain_family_responses(swept: dict[str, list[Suspect]], margin: float,
-                              warped: frozenset[int] | set[int] = frozenset()) -> None:
+                              warped: AbstractSet[int] = frozenset()) -> None:
     """Reject the swept triggers that are a backdoor's side response, not a second backdoor.
 
     A model that learned one pattern of a family answers to the family more broadly. Beside its
