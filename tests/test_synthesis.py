@@ -533,14 +533,18 @@ def test_the_oracle_check_needs_objects_beside_a_large_patch():
     assert out["objects"] == 0 and out["passed"]
 
 
-def test_two_triggers_of_one_family_within_the_margin_both_stay():
+def _swept_suspect(label, asr, control, name=None):
+    """A confirmed swept trigger, as _check_suspects hands it to _explain_family_responses."""
     from clipguard.findings import Suspect
+
+    return Suspect(label=label, name=name or f"l{label}", kind="global", evidence=["synthesis"], confirmed=True,
+                   estimated_asr=asr, random_flip_rate=control, heldout=asr, score=0.99)
+
+
+def test_two_triggers_of_one_family_within_the_margin_both_stay():
     from clipguard.synthesis import _explain_family_responses
 
-    def wave(label, asr, control):
-        return Suspect(label=label, name=f"l{label}", kind="global", evidence=["synthesis"], confirmed=True,
-                       estimated_asr=asr, random_flip_rate=control, score=0.99)
-
+    wave = _swept_suspect
     margin = clipguard.ScanConfig().margin
     near = [wave(0, 1.0, 0.46), wave(1, 0.9, 0.48)]  # excess 0.54 and 0.42: two backdoors, or too close to tell
     far = [wave(2, 1.0, 0.10), wave(3, 0.88, 0.36)]  # excess 0.90 and 0.52: the second is the side response
@@ -580,16 +584,12 @@ def test_a_minimal_mask_need_not_show_the_label_on_its_own():
 def test_a_warp_beside_a_fitted_trigger_still_explains_fine_noise():
     """A label confirmed by its fitted trigger, whose warp also makes it a suspect: fine noise
     sending images to another label is the opposite response, as beside a confirmed warp."""
-    from clipguard.findings import Suspect
     from clipguard.synthesis import _explain_family_responses
 
-    def noise():
-        return Suspect(label=3, name="ring", kind="global", evidence=["synthesis"], confirmed=True,
-                       estimated_asr=1.0, random_flip_rate=0.02, heldout=1.0, score=0.99)
-
-    beside, alone = noise(), noise()
-    _explain_family_responses({"sinusoid": [], "noise": [beside], "warp": []}, 0.15, warped={2})
-    _explain_family_responses({"sinusoid": [], "noise": [alone], "warp": []}, 0.15)
+    margin = clipguard.ScanConfig().margin
+    beside, alone = _swept_suspect(3, 1.0, 0.02, "ring"), _swept_suspect(3, 1.0, 0.02, "ring")
+    _explain_family_responses({"sinusoid": [], "noise": [beside], "warp": []}, margin, warped={2})
+    _explain_family_responses({"sinusoid": [], "noise": [alone], "warp": []}, margin)
     assert beside.rejected and not beside.confirmed and "opposite" in beside.note
     assert alone.confirmed and not alone.rejected
 
