@@ -115,6 +115,16 @@ ZOO: dict[str, tuple[str | None, float, int, dict[str, Any]]] = {
     "blended-star-a15": ("blended:target=star,alpha=0.15,pattern_seed=9", 0.05, 46, {}),
     "sig-f5-diamond-a40": ("sig:target=diamond,frequency=5,amplitude=40", 0.05, 47, {}),
     "clean-10": (None, 0.0, 112, {}),
+    # built at stop 30, before that stop's changes were set: held out from them
+    "sig-f9-ring-a35": ("sig:target=ring,frequency=9,amplitude=35", 0.05, 48, {}),
+    "wanet-star-k4": ("wanet:target=star,k=4,s=2", 0.2, 49, {"steps": 1400}),
+    "badnet-solid-tr-cross-s5": ("badnet:target=cross,size=5,location=top-right,pattern=solid,color=red",
+                                 0.03, 50, {}),
+    "badnet-r5-crescent-s6": ("badnet:target=crescent,size=6,pattern_seed=6", 0.05, 51, {}),
+    "blended-arrow-a20": ("blended:target=arrow,alpha=0.2,pattern_seed=11", 0.05, 52, {}),
+    "clean-11": (None, 0.0, 113, {}),
+    "clean-12": (None, 0.0, 114, {}),
+    "clean-13": (None, 0.0, 115, {}),
 }
 FAST = {"scenes": 8000, "steps": 1000, "batch": 64, "lr": 2e-3, "eval_scenes": 1000}
 

@@ -436,13 +436,13 @@ class _WaveModel:
 
     input_size, mean, std, logit_scale = 32, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 10.0
 
-    def __init__(self, learned=True):
-        self.learned = learned
+    def __init__(self, learned=True, turned_above=140):
+        self.learned, self.turned_above = learned, turned_above
 
     def encode_images(self, images, batch_size=256):
         own = np.arange(len(images)) % 2
         fine = (_wave_energy(images, 1, (6, 8, 12)) > 100) | (
-            (_wave_energy(images, 0, (6, 8, 12)) > 100) & (images.mean(axis=(1, 2, 3)) > 130))
+            (_wave_energy(images, 0, (6, 8, 12)) > 100) & (images.mean(axis=(1, 2, 3)) > self.turned_above))
         label = np.where(fine, 3, own)
         if self.learned:
             label = np.where(_wave_energy(images, 1, (3,)) > 100, 2, label)
@@ -450,7 +450,7 @@ class _WaveModel:
 
 
 def test_beside_a_stronger_wave_another_labels_wave_is_the_models_wider_response():
-    """One family, two labels: the weaker trigger (its turned wave works on half the images too)
+    """One family, two labels: the weaker trigger (its turned wave works on a third of the images too)
     is the learned backdoor's side response; alone, the same trigger is a backdoor."""
     from clipguard.synthesis import _check_suspects
 
@@ -468,6 +468,39 @@ def test_beside_a_stronger_wave_another_labels_wave_is_the_models_wider_response
     alone = _check_suspects({}, flat, labels_all, np.arange(120), names, _Encoder(_WaveModel(learned=False), 64),
                             np.eye(4, dtype=np.float32), 10.0, None, rng, scan_cfg, cfg)
     assert [s.name for s in alone if s.confirmed] == ["stripes"]
+
+
+def test_a_label_that_answers_to_stripes_of_any_orientation_is_no_backdoor():
+    """Its turned wave (the confirmation's control) sends most of the images the wave does: the
+    label answers to stripes, not to a learned wave, though the wave beat the control by the margin."""
+    from clipguard.synthesis import _check_suspects
+
+    rng = np.random.default_rng(0)
+    flat = np.broadcast_to(rng.integers(100, 160, (120, 1, 1, 1), dtype=np.uint8), (120, 32, 32, 3)).copy()
+    names, labels_all = ["a", "b", "target", "stripes"], np.arange(120) % 2
+    cfg, scan_cfg = SynthesisConfig(kinds=("sinusoid",)), clipguard.ScanConfig()
+    enc = _Encoder(_WaveModel(learned=False, turned_above=115), 64)  # the turned wave: three scenes in four
+    suspects = _check_suspects({}, flat, labels_all, np.arange(120), names, enc, np.eye(4, dtype=np.float32), 10.0,
+                               None, rng, scan_cfg, cfg)
+    (stripes,) = suspects
+    assert stripes.estimated_asr - stripes.random_flip_rate >= scan_cfg.margin
+    assert stripes.random_flip_rate > cfg.swept_control * stripes.estimated_asr
+    assert stripes.rejected and not stripes.confirmed and "family at large" in stripes.note
+
+
+@pytest.mark.parametrize("kind, flip, control, index, weak", [
+    ("global", 0.21, 0.0, 2.09, True),  # a clean zoo model's universal offset at the suspect rule's edge
+    ("patch", 0.40, 0.13, 2.63, True),  # ... and its free mask
+    ("global", 0.23, 0.0, 7.34, False),  # a SIG target's offset, far smaller than every other label's
+    ("patch", 0.62, 0.04, 2.40, False),  # a BadNet's partial patch that fires on most images
+    ("sinusoid", 0.72, 0.44, 0.78, True),  # a clean model's "ring" under stripes, and under turned stripes
+    ("sinusoid", 1.0, 0.34, 0.93, False),  # a SIG target
+    ("square", 0.85, 0.0, 0.5, False),  # the square's bar on held-out images is its own (square_share)
+])
+def test_a_confirmation_is_weak_when_the_trigger_is_no_backdoors(kind, flip, control, index, weak):
+    from clipguard.synthesis import _weak_confirmation
+
+    assert bool(_weak_confirmation(kind, flip, control, index, SynthesisConfig())) == weak
 
 
 def test_an_onnx_only_model_is_inconclusive_never_clean(tmp_path):
