@@ -146,6 +146,8 @@ class SynthesisConfig:
             raise ValueError(f"SynthesisConfig.square_side must be in (0, 0.5], got {self.square_side!r}")
         if not self.outlier_anomaly >= self.anomaly:
             raise ValueError(f"SynthesisConfig.outlier_anomaly must be >= anomaly ({self.anomaly}), got {self.outlier_anomaly!r}")
+        if not 0 < self.swept_control <= 1:
+            raise ValueError(f"SynthesisConfig.swept_control must be in (0, 1], got {self.swept_control!r}")
         if not self.patch_smoothness >= 0:
             raise ValueError(f"SynthesisConfig.patch_smoothness must be >= 0, got {self.patch_smoothness!r}")
         if self.device != "cpu":
@@ -860,7 +862,8 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
                 trig.position_dependent = bool(result.flip_rate - result.anywhere_rate >= scan_cfg.margin)
             sus.confirmed = bool(result.excess >= scan_cfg.margin)
             sus.score = backdoor_score(result.excess, scan_cfg.margin)
-            weak = _weak_confirmation(kind, result.flip_rate, result.control_rate, float(t.anomaly[lab]), cfg)
+            swept_share = max((float(o.heldout[lab]) for k, o in triggers.items() if k in SWEPT), default=0.0)
+            weak = _weak_confirmation(kind, result.flip_rate, result.control_rate, float(t.anomaly[lab]), swept_share, cfg)
             if sus.confirmed and weak:
                 sus.reject(weak)
             if kind in PATCHES and cfg.oracle_check and not sus.rejected:
@@ -879,24 +882,28 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
     return suspects
 
 
-def _weak_confirmation(kind: str, flip: float, control: float, index: float, cfg: SynthesisConfig) -> str:
+def _weak_confirmation(kind: str, flip: float, control: float, index: float, swept_share: float,
+                       cfg: SynthesisConfig) -> str:
     """Why a trigger that beat its control by the margin is still not a backdoor's, or ``""``.
 
     A swept trigger's control is its own family's sibling (:func:`_sweep_control`); when the
     sibling sends more than ``swept_control`` of the trigger's rate, the label answers to the
     family, not to a learned pattern. An optimized trigger (free mask, global offset) that sends
     fewer than ``generalize`` of the held-out images is a backdoor's only when it is far smaller
-    than every other label's (``outlier_anomaly``): a backdoor that took fires on most images, and
-    its synthesized trigger reproduces most of that (the zoo's weak finds: a SIG target at index
-    7.3, 23% against 0%), while a clean model's universal adversarial changes at the edge of the
-    suspect rule (index 2.1-2.6) send 20-40% of images to their label."""
+    than every other label's (``outlier_anomaly``), or when a swept pattern sends most held-out
+    images to the same label (``swept_share`` of at least ``sweep_share``, selective or not): a
+    backdoor that took fires on most images, and its synthesized trigger reproduces most of that
+    or another view of it does (the zoo's weak finds: a SIG target's offset at index 7.3, 23%
+    against 0%; a Blended target's at index 2.6, 40%, where fine noise sends 98%), while a clean
+    model's universal adversarial changes at the edge of the suspect rule (index 2.1-2.6) send
+    20-40% of images to their label and no swept pattern sends over 59%."""
     if kind in SWEPT and control > cfg.swept_control * flip:
         return (f"its control ({_CONTROLS[kind]}) sends {control:.0%} of images here too, against {flip:.0%}: the "
                 f"label answers to the {kind} family at large, not to one learned pattern")
-    if kind not in FIXED_SIZE and flip < cfg.generalize and index < cfg.outlier_anomaly:
+    if kind not in FIXED_SIZE and flip < cfg.generalize and index < cfg.outlier_anomaly and swept_share < cfg.sweep_share:
         return (f"it sends only {flip:.0%} of held-out images here and is not far smaller than every other "
-                f"label's (size index {index:.1f}, under {cfg.outlier_anomaly:g}): a clean model's universal "
-                "adversarial change, not a backdoor that took")
+                f"label's (size index {index:.1f}, under {cfg.outlier_anomaly:g}), nor does a swept pattern send "
+                f"most images here ({swept_share:.0%}): a clean model's universal adversarial change")
     return ""
 
 

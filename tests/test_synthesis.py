@@ -486,21 +486,25 @@ def test_a_label_that_answers_to_stripes_of_any_orientation_is_no_backdoor():
     assert stripes.estimated_asr - stripes.random_flip_rate >= scan_cfg.margin
     assert stripes.random_flip_rate > cfg.swept_control * stripes.estimated_asr
     assert stripes.rejected and not stripes.confirmed and "family at large" in stripes.note
+    with pytest.raises(ValueError, match="swept_control"):
+        SynthesisConfig(swept_control=0)
 
 
-@pytest.mark.parametrize("kind, flip, control, index, weak", [
-    ("global", 0.21, 0.0, 2.09, True),  # a clean zoo model's universal offset at the suspect rule's edge
-    ("patch", 0.40, 0.13, 2.63, True),  # ... and its free mask
-    ("global", 0.23, 0.0, 7.34, False),  # a SIG target's offset, far smaller than every other label's
-    ("patch", 0.62, 0.04, 2.40, False),  # a BadNet's partial patch that fires on most images
-    ("sinusoid", 0.72, 0.44, 0.78, True),  # a clean model's "ring" under stripes, and under turned stripes
-    ("sinusoid", 1.0, 0.34, 0.93, False),  # a SIG target
-    ("square", 0.85, 0.0, 0.5, False),  # the square's bar on held-out images is its own (square_share)
+@pytest.mark.parametrize("kind, flip, control, index, swept, weak", [
+    ("global", 0.21, 0.0, 2.09, 0.59, True),  # a clean zoo model's universal offset at the suspect rule's edge
+    ("patch", 0.40, 0.13, 2.63, 0.45, True),  # ... and its free mask
+    ("global", 0.23, 0.0, 7.34, 1.0, False),  # a SIG target's offset, far smaller than every other label's
+    ("global", 0.23, 0.0, 7.34, 0.0, False),  # ... which stands on its size alone
+    ("global", 0.40, 0.0, 2.62, 0.98, False),  # a Blended target's offset, where fine noise sends 98%
+    ("patch", 0.62, 0.04, 2.40, 0.0, False),  # a BadNet's partial patch that fires on most images
+    ("sinusoid", 0.72, 0.44, 0.78, 0.83, True),  # a clean model's "ring" under stripes, and under turned stripes
+    ("sinusoid", 1.0, 0.34, 0.93, 1.0, False),  # a SIG target
+    ("square", 0.85, 0.0, 0.5, 0.0, False),  # the square's bar on held-out images is its own (square_share)
 ])
-def test_a_confirmation_is_weak_when_the_trigger_is_no_backdoors(kind, flip, control, index, weak):
+def test_a_confirmation_is_weak_when_the_trigger_is_no_backdoors(kind, flip, control, index, swept, weak):
     from clipguard.synthesis import _weak_confirmation
 
-    assert bool(_weak_confirmation(kind, flip, control, index, SynthesisConfig())) == weak
+    assert bool(_weak_confirmation(kind, flip, control, index, swept, SynthesisConfig())) == weak
 
 
 def test_an_onnx_only_model_is_inconclusive_never_clean(tmp_path):
