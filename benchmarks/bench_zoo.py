@@ -1,11 +1,12 @@
 """Detection on a zoo of toy models the scan's thresholds were not tuned on.
 
-    python benchmarks/bench_zoo.py --build DIR [--only NAME ...] [--jobs 2]   # train the zoo (resumable)
+    python benchmarks/bench_zoo.py --build DIR [--all | --only NAME ...] [--jobs 2]   # train the zoo (resumable)
     python benchmarks/bench_zoo.py --score DIR [--settings clean triggered]
     python benchmarks/bench_zoo.py --throughput N [--mode auto]   # clipguard zoo: models per hour
 
-``--build`` trains every model of :data:`ZOO` with a fast recipe (shapes world, 1,000 steps of 64 pairs on 8,000
-scenes) into ``DIR/NAME``; a model whose card exists is skipped, so a killed build resumes.
+``--build`` trains the first :data:`CORE` models of :data:`ZOO` (``--all``: every model) with a fast recipe
+(shapes world, 1,000 steps of 64 pairs on 8,000 scenes) into ``DIR/NAME``, two at a time by default;
+a model whose card exists is skipped, so a killed build resumes.
 ``DIR/manifest.json`` records each model's attack, target, CA and true ASR; a poisoned model whose
 backdoor did not take (ASR below 50%) is marked ``took: false`` and left out of the positives.
 
@@ -126,6 +127,10 @@ ZOO: dict[str, tuple[str | None, float, int, dict[str, Any]]] = {
     "clean-12": (None, 0.0, 114, {}),
     "clean-13": (None, 0.0, 115, {}),
 }
+# The default build: 48 models (11 clean, 37 poisoned, every attack kind), about 50 minutes on 2
+# cores with --jobs 2 (61-77 s per model measured when nothing else ran); --all adds the models
+# built later as held-out tests of later rules (about 75 minutes for all 68).
+CORE = 48
 FAST = {"scenes": 8000, "steps": 1000, "batch": 64, "lr": 2e-3, "eval_scenes": 1000}
 
 
@@ -309,7 +314,8 @@ def main() -> None:
     parser.add_argument("--build", type=Path, help="train the zoo into this folder (resumable)")
     parser.add_argument("--score", type=Path, help="scan every model of this zoo folder")
     parser.add_argument("--only", nargs="+", help="with --build: these models only")
-    parser.add_argument("--jobs", type=int, default=1, help="with --build: models trained at once (default 1)")
+    parser.add_argument("--all", action="store_true", help=f"with --build: every model, not only the first {CORE}")
+    parser.add_argument("--jobs", type=int, default=2, help="with --build: models trained at once (default 2)")
     parser.add_argument("--throughput", type=int, metavar="N", help="time clipguard zoo on N bundled toy models")
     parser.add_argument("--settings", nargs="+", default=["clean", "triggered"], choices=["clean", "triggered"])
     parser.add_argument("--mode", default="auto", choices=["auto", "probe", "synthesize"])
@@ -317,7 +323,7 @@ def main() -> None:
     if not args.build and not args.score and not args.throughput:
         parser.error("give --build DIR, --score DIR and/or --throughput N")
     if args.build:
-        build(args.build, args.only, args.jobs)
+        build(args.build, args.only or list(ZOO)[: None if args.all else CORE], args.jobs)
     if args.score:
         score(args.score, args.settings, args.mode)
     if args.throughput:
