@@ -127,10 +127,10 @@ ZOO: dict[str, tuple[str | None, float, int, dict[str, Any]]] = {
     "clean-12": (None, 0.0, 114, {}),
     "clean-13": (None, 0.0, 115, {}),
 }
-# The default build: 48 models (11 clean, 37 poisoned, every attack kind), about 50 minutes on 2
-# cores with --jobs 2 (61-77 s per model measured when nothing else ran); --all adds the models
-# built later as held-out tests of later rules (about 75 minutes for all 68).
-CORE = 48
+# The default build: 40 models (8 clean, 32 poisoned, every attack kind), under 60 minutes on 2
+# cores with --jobs 2 (benchmarks/README.md); --all adds the 28 built later as held-out tests of
+# later rules (about 85 minutes for all 68).
+CORE = 40
 FAST = {"scenes": 8000, "steps": 1000, "batch": 64, "lr": 2e-3, "eval_scenes": 1000}
 
 
