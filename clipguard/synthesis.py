@@ -862,12 +862,13 @@ def _check_suspects(triggers: dict[str, LabelTriggers], images: np.ndarray, labe
                 trig.position_dependent = bool(result.flip_rate - result.anywhere_rate >= scan_cfg.margin)
             sus.confirmed = bool(result.excess >= scan_cfg.margin)
             sus.score = backdoor_score(result.excess, scan_cfg.margin)
-            swept_share = max((float(o.heldout[lab]) for k, o in triggers.items() if k in SWEPT), default=0.0)
-            weak = _weak_confirmation(kind, result.flip_rate, result.control_rate, float(t.anomaly[lab]), swept_share, cfg)
-            if sus.confirmed and weak:
-                sus.reject(weak)
+            index = 0.0 if kind in FIXED_SIZE else float(t.anomaly[lab])  # a size index; else anomaly is a selectivity
+            if sus.confirmed:
+                swept_share = max((float(o.heldout[lab]) for k, o in triggers.items() if k in SWEPT), default=0.0)
+                weak = _weak_confirmation(kind, result.flip_rate, result.control_rate, index, swept_share, cfg)
+                if weak:
+                    sus.reject(weak)
             if kind in PATCHES and cfg.oracle_check and not sus.rejected:
-                index = t.anomaly[lab] if kind == "patch" else 0.0  # the square's anomaly is its selectivity
                 sus.oracle_check = _oracle_check(classify, oracle, images[held], trig, lab, rng, scan_cfg,
                                                  outlier=bool(index >= cfg.outlier_anomaly),
                                                  minimal=bool(index > cfg.anomaly))

@@ -449,42 +449,42 @@ class _WaveModel:
         return np.eye(4, dtype=np.float32)[label]
 
 
+def _wave_suspects(model, flat, rng):
+    """_check_suspects with the sinusoid sweep alone, on flat scenes of labels a/b in turn; the
+    wave models' other labels are "target" (2) and "stripes" (3)."""
+    from clipguard.synthesis import _check_suspects
+
+    return _check_suspects({}, flat, np.arange(len(flat)) % 2, np.arange(len(flat)), ["a", "b", "target", "stripes"],
+                           _Encoder(model, 64), np.eye(4, dtype=np.float32), 10.0, None, rng, clipguard.ScanConfig(),
+                           SynthesisConfig(kinds=("sinusoid",)))
+
+
+def _flat_scenes(rng):
+    return np.broadcast_to(rng.integers(100, 160, (120, 1, 1, 1), dtype=np.uint8), (120, 32, 32, 3)).copy()
+
+
 def test_beside_a_stronger_wave_another_labels_wave_is_the_models_wider_response():
     """One family, two labels: the weaker trigger (its turned wave works on a third of the images too)
     is the learned backdoor's side response; alone, the same trigger is a backdoor."""
-    from clipguard.synthesis import _check_suspects
-
     rng = np.random.default_rng(0)
-    flat = np.broadcast_to(rng.integers(100, 160, (120, 1, 1, 1), dtype=np.uint8), (120, 32, 32, 3)).copy()
-    names, labels_all = ["a", "b", "target", "stripes"], np.arange(120) % 2
-    cfg, scan_cfg = SynthesisConfig(kinds=("sinusoid",)), clipguard.ScanConfig()
-    suspects = _check_suspects({}, flat, labels_all, np.arange(120), names, _Encoder(_WaveModel(), 64),
-                               np.eye(4, dtype=np.float32), 10.0, None, rng, scan_cfg, cfg)
-    by = {s.name: s for s in suspects}
+    flat = _flat_scenes(rng)
+    by = {s.name: s for s in _wave_suspects(_WaveModel(), flat, rng)}
     assert by["target"].confirmed and by["target"].random_flip_rate == 0.0
     assert 0.2 < by["stripes"].random_flip_rate < 0.8  # the turned wave: the brighter scenes
-    assert by["stripes"].estimated_asr - by["stripes"].random_flip_rate >= scan_cfg.margin  # it confirmed ...
+    assert by["stripes"].estimated_asr - by["stripes"].random_flip_rate >= clipguard.ScanConfig().margin  # it confirmed ...
     assert by["stripes"].rejected and "'target'" in by["stripes"].note  # ... beside a stronger wave
-    alone = _check_suspects({}, flat, labels_all, np.arange(120), names, _Encoder(_WaveModel(learned=False), 64),
-                            np.eye(4, dtype=np.float32), 10.0, None, rng, scan_cfg, cfg)
+    alone = _wave_suspects(_WaveModel(learned=False), flat, rng)
     assert [s.name for s in alone if s.confirmed] == ["stripes"]
 
 
 def test_a_label_that_answers_to_stripes_of_any_orientation_is_no_backdoor():
     """Its turned wave (the confirmation's control) sends most of the images the wave does: the
     label answers to stripes, not to a learned wave, though the wave beat the control by the margin."""
-    from clipguard.synthesis import _check_suspects
-
     rng = np.random.default_rng(0)
-    flat = np.broadcast_to(rng.integers(100, 160, (120, 1, 1, 1), dtype=np.uint8), (120, 32, 32, 3)).copy()
-    names, labels_all = ["a", "b", "target", "stripes"], np.arange(120) % 2
-    cfg, scan_cfg = SynthesisConfig(kinds=("sinusoid",)), clipguard.ScanConfig()
-    enc = _Encoder(_WaveModel(learned=False, turned_above=115), 64)  # the turned wave: three scenes in four
-    suspects = _check_suspects({}, flat, labels_all, np.arange(120), names, enc, np.eye(4, dtype=np.float32), 10.0,
-                               None, rng, scan_cfg, cfg)
-    (stripes,) = suspects
-    assert stripes.estimated_asr - stripes.random_flip_rate >= scan_cfg.margin
-    assert stripes.random_flip_rate > cfg.swept_control * stripes.estimated_asr
+    model = _WaveModel(learned=False, turned_above=115)  # the turned wave: three scenes in four
+    (stripes,) = _wave_suspects(model, _flat_scenes(rng), rng)
+    assert stripes.estimated_asr - stripes.random_flip_rate >= clipguard.ScanConfig().margin
+    assert stripes.random_flip_rate > SynthesisConfig().swept_control * stripes.estimated_asr
     assert stripes.rejected and not stripes.confirmed and "family at large" in stripes.note
     with pytest.raises(ValueError, match="swept_control"):
         SynthesisConfig(swept_control=0)
